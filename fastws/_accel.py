@@ -1,0 +1,53 @@
+"""The one place that decides between the compiled hot path and its pure-Python twin.
+
+``FASTWS_EXTENSION=0`` forces pure Python, ``=1`` makes a missing extension an
+ImportError, unset uses the extension when it was built.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "USING_EXTENSION",
+    "IMPLEMENTATION",
+    "KERNEL_ISA",
+    "apply_mask",
+    "Utf8Validator",
+    "ProtocolCore",
+    "encode_frame",
+    "frame_header",
+    "OPEN",
+    "CLOSING",
+    "CLOSED",
+]
+
+_MODE = os.environ.get("FASTWS_EXTENSION", "").strip()
+if _MODE not in ("", "0", "1"):
+    raise ImportError(f"FASTWS_EXTENSION must be 0, 1 or unset, not {_MODE!r}")
+
+if _MODE == "0":
+    _impl = None
+else:
+    try:
+        from . import _speedups as _impl  # type: ignore[attr-defined,no-redef]
+    except ImportError as exc:
+        if _MODE == "1":
+            raise ImportError(
+                "FASTWS_EXTENSION=1 but the compiled extension fastws._speedups is missing: "
+                "reinstall with a C compiler available (pip install .)"
+            ) from exc
+        _impl = None
+
+if _impl is None:
+    from . import _pure as _impl  # type: ignore[no-redef]
+
+USING_EXTENSION: bool = _impl.IMPLEMENTATION != "python"
+IMPLEMENTATION: str = _impl.IMPLEMENTATION
+KERNEL_ISA: str = getattr(_impl, "KERNEL_ISA", "python")
+apply_mask = _impl.apply_mask
+Utf8Validator = _impl.Utf8Validator
+ProtocolCore = _impl.ProtocolCore
+encode_frame = _impl.encode_frame
+frame_header = _impl.frame_header
+OPEN, CLOSING, CLOSED = _impl.OPEN, _impl.CLOSING, _impl.CLOSED

@@ -1,0 +1,178 @@
+"""One open WebSocket connection on asyncio, and the low-level callback API.
+
+After the opening handshake the transport talks straight to a ``Connection``:
+it *is* the protocol core (compiled or pure Python), so bytes go from the
+event loop into the frame parser and out to ``Listener.on_message`` with no
+Python frame in between, and ``Connection.send`` writes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Iterable
+
+from . import _accel
+from .exceptions import ConnectionClosed
+from .handshake import Request, Response
+
+__all__ = ["Listener", "Connection", "broadcast", "OPEN", "CLOSING", "CLOSED"]
+
+OPEN, CLOSING, CLOSED = _accel.OPEN, _accel.CLOSING, _accel.CLOSED
+
+
+class Listener:
+    """Callbacks for one connection, called from the event loop as data arrives.
+
+    Subclass it and override what you need; keep the callbacks short and
+    non-blocking (they run inside ``data_received``).
+    """
+
+    def on_connect(self, conn: "Connection") -> None:
+        """The handshake is done; ``conn`` can send."""
+
+    def on_message(self, conn: "Connection", data: bytes, is_text: bool) -> None:
+        """A complete message. Text arrives as validated UTF-8 bytes with ``is_text``."""
+
+    def on_pong(self, conn: "Connection", payload: bytes) -> None:
+        """A pong arrived."""
+
+    def on_close(self, conn: "Connection", code: int, reason: str) -> None:
+        """The connection is gone; ``code`` is 1006 if it ended without a closing handshake."""
+
+    def pause_writing(self, conn: "Connection") -> None:
+        """The transport's write buffer went over its high-water mark."""
+
+    def resume_writing(self, conn: "Connection") -> None:
+        """The write buffer drained below its low-water mark."""
+
+
+class Connection(_accel.ProtocolCore):
+    """A WebSocket connection after the handshake; also the transport's protocol.
+
+    ``send(data)`` writes a message (str → text, bytes → binary), ``ping()``,
+    ``close(code, reason)``; ``request`` is the HTTP request (server side) and
+    ``response`` the HTTP response (client side); ``subprotocol`` what was
+    negotiated.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        listener: Listener,
+        *,
+        client: bool,
+        request: Request,
+        response: Response | None = None,
+        subprotocol: str | None = None,
+        extension: Any = None,
+        max_size: int | None = 2**20,
+        max_fragments: int | None = None,
+        close_timeout: float | None = 10.0,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        super().__init__(client, max_size=max_size, max_fragments=max_fragments, extension=extension)
+        self.transport = transport
+        self.listener = listener
+        self.request = request
+        self.response = response
+        self.subprotocol = subprotocol
+        self.close_timeout = close_timeout
+        self.remote_address = transport.get_extra_info("peername")
+        self.logger = logger or logging.getLogger("fastws.client" if client else "fastws.server")
+        self.writing_paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self._write = transport.write
+        self._on_message = listener.on_message
+
+    # The transport calls these after the handshake (see handshake protocols).
+    data_received = _accel.ProtocolCore.receive_data
+
+    def connection_made(self, transport: Any) -> None:
+        pass  # the handshake protocol saw it; we take over an open transport
+
+    def eof_received(self) -> None:
+        return None  # let the transport close: a WebSocket has no half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection_closed()
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+        if self.failure is not None:
+            self.logger.info("%s: closed the connection: %s", _addr(self.remote_address), self.failure)
+        try:
+            self.listener.on_close(self, self.close_code, self.close_reason)
+        finally:
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.listener.pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.listener.resume_writing(self)
+
+    # -- core hooks ---------------------------------------------------------
+
+    def _on_pong(self, payload: bytes) -> None:
+        self.listener.on_pong(self, payload)
+
+    def _on_close_frame(self, code: int, reason: str) -> None:
+        if self.client:
+            # The server closes TCP first; give it close_timeout to do so.
+            self._schedule_abort()
+
+    def _close_transport(self) -> None:
+        self.transport.close()
+        self._schedule_abort()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; the transport is aborted if the peer does not finish it."""
+        was_open = self.state == OPEN
+        super().close(code, reason)
+        if was_open:
+            self._schedule_abort()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake."""
+        self.transport.abort()
+
+    def _schedule_abort(self) -> None:
+        if self._abort_handle is None and self.close_timeout is not None and self.state != CLOSED:
+            loop = asyncio.get_running_loop()
+            self._abort_handle = loop.call_later(self.close_timeout, self.transport.abort)
+
+    def __repr__(self) -> str:
+        return f"<fastws.Connection {_addr(self.remote_address)} state={self.state}>"
+
+
+def broadcast(connections: Iterable[Connection], message: str | bytes) -> int:
+    """Send ``message`` to every open server-side connection; returns how many got it.
+
+    The frame is encoded once and the same bytes object is written to each
+    transport. Closed connections and client connections (which must mask
+    each frame differently) are skipped.
+    """
+    if isinstance(message, str):
+        frame = _accel.encode_frame(1, message.encode())
+    else:
+        frame = _accel.encode_frame(2, message)
+    sent = 0
+    for conn in connections:
+        if conn.state == OPEN and not conn.client and conn.extension is None:
+            conn._write(frame)
+            sent += 1
+        elif conn.state == OPEN and conn.extension is not None:
+            conn.send(message)
+            sent += 1
+    return sent
+
+
+def _addr(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)

@@ -1,0 +1,387 @@
+"""Serving WebSocket connections on asyncio: the low-level ``create_server`` and the high-level ``serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import ssl as ssl_module
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generator, Sequence
+
+from . import __version__
+from .connection import OPEN, Connection, Listener, _addr
+from .exceptions import ConnectionClosed, InvalidRequest
+from .handshake import HeadReader, OriginsType, Request, Response, SelectSubprotocol, ServerHandshake, http_response
+from .websocket import WebSocket
+
+__all__ = ["Server", "create_server", "serve", "ProcessRequest"]
+
+logger = logging.getLogger("fastws.server")
+
+ProcessRequest = Callable[[Request], "Response | None | Awaitable[Response | None]"]
+
+
+@dataclass
+class ConnectionOptions:
+    """Per-connection settings shared by every connection of a server or client."""
+
+    max_size: int | None = 2**20
+    max_fragments: int | None = None
+    close_timeout: float | None = 10.0
+
+
+class _HandshakeProtocol(asyncio.Protocol):
+    """Reads the upgrade request, answers it, then hands the transport to a Connection."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.reader = HeadReader(InvalidRequest)
+        self.pending = b""  # bytes after the head, while process_request runs
+        self.head_done = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.peer: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        self.peer = transport.get_extra_info("peername")
+        self.server._handshakes.add(self)
+        timeout = self.server.open_timeout
+        if timeout is not None:
+            self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_done:
+            self.pending += data
+            return
+        try:
+            head = self.reader.feed(data)
+            if head is None:
+                return
+            self.head_done = True
+            start_line, headers, rest = head
+            request = self.server.handshake.parse(start_line, headers)
+        except InvalidRequest as exc:
+            self._reject(exc)
+            return
+        self.pending = rest
+        process_request = self.server.process_request
+        if process_request is None:
+            self._upgrade(request)
+            return
+        try:
+            result = process_request(request)
+        except Exception:
+            logger.exception("process_request failed")
+            self._respond(http_response(500, "Internal Server Error\n"))
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._await_process_request(request, result))
+            self.server._tasks.add(task)
+            task.add_done_callback(self.server._tasks.discard)
+        else:
+            self._after_process_request(request, result)
+
+    async def _await_process_request(self, request: Request, result: Awaitable[Response | None]) -> None:
+        try:
+            response = await result
+        except Exception:
+            logger.exception("process_request failed")
+            self._respond(http_response(500, "Internal Server Error\n"))
+            return
+        self._after_process_request(request, response)
+
+    def _after_process_request(self, request: Request, response: Response | None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if response is None:
+            self._upgrade(request)
+        else:
+            self._respond(http_response(response.status, response.body, list(response.headers)))
+
+    def _upgrade(self, request: Request) -> None:
+        server = self.server
+        transport = self.transport
+        assert transport is not None
+        try:
+            answer, subprotocol, extension = server.handshake.accept(request)
+        except InvalidRequest as exc:
+            self._reject(exc)
+            return
+        self._finish()
+        listener = server.listener_factory()
+        options = server.options
+        conn = Connection(
+            transport,
+            listener,
+            client=False,
+            request=request,
+            subprotocol=subprotocol,
+            extension=extension,
+            max_size=options.max_size,
+            max_fragments=options.max_fragments,
+            close_timeout=options.close_timeout,
+            logger=logger,
+        )
+        transport.write(answer)
+        transport.set_protocol(conn)
+        server._add_connection(conn)
+        listener.on_connect(conn)
+        if self.pending and conn.state == OPEN:
+            conn.receive_data(self.pending)
+        self.pending = b""
+
+    def _reject(self, exc: InvalidRequest) -> None:
+        logger.info("%s: refused the handshake: %d %s", _addr(self.peer), exc.status, exc)
+        self._respond(http_response(exc.status, f"{exc}\n", exc.headers))
+
+    def _respond(self, data: bytes) -> None:
+        self._finish()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.transport.close()
+
+    def _timed_out(self) -> None:
+        logger.info("%s: no complete handshake within %s s; closing", _addr(self.peer), self.server.open_timeout)
+        self.timer = None
+        self._finish()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.server._handshakes.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+        self.transport = None
+
+
+class Server:
+    """A listening WebSocket server and the connections it serves.
+
+    ``close()`` stops accepting, sends 1001 to every open connection and, after
+    ``close_timeout``, drops those that did not finish the closing handshake.
+    """
+
+    def __init__(
+        self,
+        listener_factory: Callable[[], Listener],
+        *,
+        options: ConnectionOptions,
+        handshake: ServerHandshake,
+        process_request: ProcessRequest | None = None,
+        open_timeout: float | None = 10.0,
+    ) -> None:
+        self.listener_factory = listener_factory
+        self.options = options
+        self.handshake = handshake
+        self.process_request = process_request
+        self.open_timeout = open_timeout
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[Connection] = set()
+        self._handshakes: set[_HandshakeProtocol] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def connections(self) -> set[Connection]:
+        """The open connections (a live set: copy it before awaiting)."""
+        return self._connections
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    async def _start(self, host: str | Sequence[str] | None, port: int | None, **kwargs: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        self._server = await loop.create_server(lambda: _HandshakeProtocol(self), host, port, **kwargs)
+
+    def _add_connection(self, conn: Connection) -> None:
+        self._connections.add(conn)
+        conn.closed.add_done_callback(lambda _: self._connections.discard(conn))
+        if self._closing:
+            conn.close(1001, "server shutting down")
+
+    def _track(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Stop listening and start closing every connection with ``code``."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for handshake in list(self._handshakes):
+            if handshake.transport is not None:
+                handshake.transport.abort()
+        for conn in list(self._connections):
+            if conn.state == OPEN:
+                conn.close(code, reason)
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and every connection and handler has ended."""
+        if self._server is not None:
+            await self._server.wait_closed()
+        pending = [conn.closed for conn in self._connections]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    async def serve_forever(self) -> None:
+        """Serve until ``close()`` is called (or the task is cancelled)."""
+        assert self._closed is not None
+        try:
+            await asyncio.shield(self._closed)
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        return f"<fastws.Server sockets={[s.getsockname() for s in self.sockets]} connections={len(self._connections)}>"
+
+
+def _build_server(
+    listener_factory: Callable[[], Listener],
+    *,
+    max_size: int | None = 2**20,
+    max_fragments: int | None = None,
+    close_timeout: float | None = 10.0,
+    open_timeout: float | None = 10.0,
+    subprotocols: Sequence[str] = (),
+    select_subprotocol: SelectSubprotocol | None = None,
+    origins: OriginsType = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    server_header: str | None = f"fastws/{__version__}",
+    process_request: ProcessRequest | None = None,
+) -> Server:
+    handshake = ServerHandshake(
+        subprotocols=subprotocols,
+        select_subprotocol=select_subprotocol,
+        origins=origins,
+        extra_headers=extra_headers,
+        server_header=server_header,
+    )
+    options = ConnectionOptions(max_size=max_size, max_fragments=max_fragments, close_timeout=close_timeout)
+    return Server(listener_factory, options=options, handshake=handshake, process_request=process_request, open_timeout=open_timeout)
+
+
+async def create_server(
+    listener_factory: Callable[[], Listener],
+    host: str | Sequence[str] | None = None,
+    port: int | None = None,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    sock: socket.socket | None = None,
+    reuse_port: bool | None = None,
+    backlog: int = 1024,
+    **options: Any,
+) -> Server:
+    """Start a server of low-level ``Listener`` objects, one made per connection.
+
+    Options: ``max_size`` (bytes, None for no limit), ``max_fragments``,
+    ``close_timeout``, ``open_timeout``, ``subprotocols``, ``select_subprotocol``,
+    ``origins``, ``extra_headers``, ``server_header``, ``process_request``.
+    """
+    server = _build_server(listener_factory, **options)
+    kwargs: dict[str, Any] = {"ssl": ssl, "backlog": backlog, "reuse_port": reuse_port}
+    if sock is not None:
+        kwargs["sock"] = sock
+    await server._start(host, port, **kwargs)
+    return server
+
+
+Handler = Callable[[WebSocket], Awaitable[Any]]
+
+
+class _HandlerSocket(WebSocket):
+    """Runs the application's handler coroutine for one connection."""
+
+    def __init__(self, handler: Handler, server: Server, max_queue: int | None) -> None:
+        super().__init__(max_queue=max_queue)
+        self._handler = handler
+        self._server = server
+
+    def on_connect(self, conn: Connection) -> None:
+        super().on_connect(conn)
+        self._server._track(asyncio.ensure_future(self._run()))
+
+    async def _run(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            await self._handler(self)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("%s: connection handler failed", _addr(conn.remote_address))
+            if conn.state == OPEN:
+                conn.close(1011, "internal error")
+        else:
+            if conn.state == OPEN:
+                conn.close(1000)
+        await asyncio.shield(conn.closed)
+
+
+class serve:
+    """Serve ``handler(ws)`` coroutines: ``async with fastws.serve(handler, host, port) as server``.
+
+    Also awaitable (``server = await fastws.serve(...)``). Accepts the options of
+    ``create_server`` plus ``max_queue``.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str | Sequence[str] | None = None,
+        port: int | None = None,
+        *,
+        max_queue: int | None = 16,
+        **kwargs: Any,
+    ) -> None:
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._max_queue = max_queue
+        self._kwargs = kwargs
+        self.server: Server | None = None
+
+    async def _create(self) -> Server:
+        holder: list[Server] = []
+        handler, max_queue = self._handler, self._max_queue
+        server = await create_server(
+            lambda: _HandlerSocket(handler, holder[0], max_queue), self._host, self._port, **self._kwargs
+        )
+        holder.append(server)
+        self.server = server
+        return server
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self._create().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self._create()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()

@@ -1,0 +1,222 @@
+"""The high-level API: ``await ws.recv()``, ``async for message in ws``, ``await ws.send()``.
+
+``WebSocket`` is a ``Listener`` that queues messages for coroutines; the
+low-level ``Connection`` under it does the protocol work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+from typing import Any, AsyncIterator
+
+from .connection import CLOSED, OPEN, Connection, Listener
+from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidState, connection_closed
+from .handshake import Request, Response
+
+__all__ = ["WebSocket"]
+
+Message = str | bytes
+
+
+class WebSocket(Listener):
+    """A connection seen from coroutines.
+
+    ``max_queue`` bounds the received messages not yet read: when it is full,
+    the transport stops reading (TCP pushes back on the peer) until ``recv``
+    drains it to half.
+    """
+
+    def __init__(self, *, max_queue: int | None = 16) -> None:
+        self.max_queue = max_queue
+        self.conn: Connection | None = None
+        self._messages: collections.deque[Message] = collections.deque()
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._pong_waiters: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
+        self._loop = asyncio.get_running_loop()
+
+    # -- Listener callbacks ---------------------------------------------------------
+
+    def on_connect(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def on_message(self, conn: Connection, data: bytes, is_text: bool) -> None:
+        self._messages.append(data.decode() if is_text else data)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.max_queue is not None and len(self._messages) >= self.max_queue and not self._reading_paused:
+            self._reading_paused = True
+            conn.transport.pause_reading()
+
+    def on_pong(self, conn: Connection, payload: bytes) -> None:
+        if payload not in self._pong_waiters:
+            return
+        # A pong answers its ping and every ping sent before it (RFC 6455 5.5.3).
+        answered_at = self._pong_waiters[payload][0]
+        now = self._loop.time()
+        for key, (sent_at, waiter) in list(self._pong_waiters.items()):
+            if sent_at <= answered_at:
+                del self._pong_waiters[key]
+                if not waiter.done():
+                    waiter.set_result(now - sent_at)
+
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        for fut in (self._waiter, self._drain_waiter):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        for _, fut in self._pong_waiters.values():
+            if not fut.done():
+                fut.set_exception(connection_closed(code, reason))
+        self._pong_waiters.clear()
+
+    def pause_writing(self, conn: Connection) -> None:
+        pass
+
+    def resume_writing(self, conn: Connection) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        return self._conn.request
+
+    @property
+    def response(self) -> Response | None:
+        return self._conn.response
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._conn.subprotocol
+
+    @property
+    def remote_address(self) -> Any:
+        return self._conn.remote_address
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection is closed (1006: no closing handshake), else None."""
+        conn = self._conn
+        return conn.close_code if conn.state == CLOSED else None
+
+    @property
+    def close_reason(self) -> str | None:
+        conn = self._conn
+        return conn.close_reason if conn.state == CLOSED else None
+
+    @property
+    def state(self) -> int:
+        return self._conn.state
+
+    @property
+    def _conn(self) -> Connection:
+        if self.conn is None:
+            raise InvalidState("the connection is not open yet")
+        return self.conn
+
+    async def recv(self) -> Message:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises ConnectionClosedOK or ConnectionClosedError once the connection
+        is closed and every message received before was read.
+        """
+        messages = self._messages
+        while not messages:
+            conn = self._conn
+            if conn.state == CLOSED:
+                raise conn.closed_error()
+            if self._waiter is not None:
+                raise InvalidState("another coroutine is already waiting in recv()")
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = messages.popleft()
+        if self._reading_paused and len(messages) <= (self.max_queue or 0) // 2:
+            self._reading_paused = False
+            if self._conn.state != CLOSED:
+                self._conn.transport.resume_reading()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        """Messages until the connection closes; a normal closure ends the loop quietly."""
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosedOK:
+                return
+
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send a message (str → text frame, bytes-like → binary); waits while the write buffer is full."""
+        conn = self._conn
+        if conn.state != OPEN:
+            raise self._closed_error()
+        conn.send(message)
+        if conn.writing_paused:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        conn = self._conn
+        while conn.writing_paused and conn.state != CLOSED:
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = self._loop.create_future()
+            await asyncio.shield(self._drain_waiter)
+        if conn.state == CLOSED:
+            raise conn.closed_error()
+
+    async def ping(self, data: bytes | str | None = None) -> "asyncio.Future[float]":
+        """Send a ping; returns a future that resolves to the round-trip time when the pong arrives."""
+        conn = self._conn
+        if conn.state != OPEN:
+            raise self._closed_error()
+        if data is None:
+            data = os.urandom(4)
+            while data in self._pong_waiters:
+                data = os.urandom(4)
+        elif isinstance(data, str):
+            data = data.encode()
+        if data in self._pong_waiters:
+            raise InvalidState("a ping with the same payload is already waiting for its pong")
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._pong_waiters[data] = (self._loop.time(), waiter)
+        conn.ping(data)
+        return waiter
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with a closing handshake and wait until the TCP connection is gone.
+
+        Waits at most ``close_timeout`` for the peer, then drops the connection.
+        """
+        conn = self._conn
+        conn.close(code, reason)
+        await asyncio.shield(conn.closed)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed."""
+        await asyncio.shield(self._conn.closed)
+
+    def _closed_error(self) -> ConnectionClosed:
+        conn = self._conn
+        if conn.state == CLOSED or conn.close_code is not None:
+            return conn.closed_error()
+        # Closing handshake under way: report what we know so far.
+        return connection_closed(conn.close_code or 1000, conn.close_reason)
+
+    async def __aenter__(self) -> "WebSocket":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        conn = self.conn
+        return f"<fastws.WebSocket {conn!r}>"

@@ -166,6 +166,11 @@ class ProtocolCore:
     def _close_transport(self) -> None:
         """Time to close the TCP connection (server after the closing handshake, or on failure)."""
 
+    def _on_protocol_error(self, exc: ProtocolError) -> None:
+        """The peer broke the protocol; input stops here. Fails the connection unless overridden
+        (the asyncio layer lets the application read what came before the error first)."""
+        self.fail(exc)
+
     # -- input ------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -176,7 +181,8 @@ class ProtocolCore:
         try:
             self._parse()
         except ProtocolError as exc:
-            self.fail(exc)
+            self.failure = exc  # read nothing more
+            self._on_protocol_error(exc)
 
     def _parse(self) -> None:
         buf = self._buffer
@@ -372,9 +378,8 @@ class ProtocolCore:
 
     def fail(self, exc: ProtocolError) -> None:
         """Fail the connection: close frame with the error's code, then close the TCP connection."""
-        if self.failure is not None:
-            return
-        self.failure = exc
+        if self.failure is None:
+            self.failure = exc
         if self.state == OPEN:
             self._send_close(exc.code, str(exc).encode()[:123])
         if self.close_code is None:

@@ -13,7 +13,7 @@ import logging
 from typing import Any, Iterable
 
 from . import _accel
-from .exceptions import ConnectionClosed
+from .exceptions import ProtocolError
 from .handshake import Request, Response
 
 __all__ = ["Listener", "Connection", "broadcast", "OPEN", "CLOSING", "CLOSED"]
@@ -39,6 +39,15 @@ class Listener:
 
     def on_close(self, conn: "Connection", code: int, reason: str) -> None:
         """The connection is gone; ``code`` is 1006 if it ended without a closing handshake."""
+
+    def on_protocol_error(self, conn: "Connection", exc: ProtocolError) -> None:
+        """The peer broke the protocol; nothing after the bad frame is read.
+
+        The default fails the connection at once (close frame with ``exc.code``).
+        An override may first finish with the messages already received, but
+        must call ``conn.fail(exc)`` in the end.
+        """
+        conn.fail(exc)
 
     def pause_writing(self, conn: "Connection") -> None:
         """The transport's write buffer went over its high-water mark."""
@@ -119,6 +128,9 @@ class Connection(_accel.ProtocolCore):
 
     def _on_pong(self, payload: bytes) -> None:
         self.listener.on_pong(self, payload)
+
+    def _on_protocol_error(self, exc: ProtocolError) -> None:
+        self.listener.on_protocol_error(self, exc)
 
     def _on_close_frame(self, code: int, reason: str) -> None:
         if self.client:

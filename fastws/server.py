@@ -337,7 +337,9 @@ class _HandlerSocket(WebSocket):
             if conn.state == OPEN:
                 conn.close(1011, "internal error")
         else:
-            if conn.state == OPEN:
+            if self._pending_failure is not None:
+                conn.fail(self._pending_failure)
+            elif conn.state == OPEN:
                 conn.close(1000)
         await asyncio.shield(conn.closed)
 

@@ -12,7 +12,7 @@ import os
 from typing import Any, AsyncIterator
 
 from .connection import CLOSED, OPEN, Connection, Listener
-from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidState, connection_closed
+from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidState, ProtocolError, connection_closed
 from .handshake import Request, Response
 
 __all__ = ["WebSocket"]
@@ -33,6 +33,7 @@ class WebSocket(Listener):
         self.conn: Connection | None = None
         self._messages: collections.deque[Message] = collections.deque()
         self._reading_paused = False
+        self._pending_failure: ProtocolError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pong_waiters: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
@@ -72,6 +73,15 @@ class WebSocket(Listener):
             if not fut.done():
                 fut.set_exception(connection_closed(code, reason))
         self._pong_waiters.clear()
+
+    def on_protocol_error(self, conn: Connection, exc: ProtocolError) -> None:
+        # Messages that arrived before the bad frame are still the application's:
+        # fail the connection once they are read, so that the close frame follows
+        # whatever the application sends in answer to them.
+        if self._messages:
+            self._pending_failure = exc
+        else:
+            conn.fail(exc)
 
     def pause_writing(self, conn: Connection) -> None:
         pass
@@ -128,6 +138,9 @@ class WebSocket(Listener):
         messages = self._messages
         while not messages:
             conn = self._conn
+            if self._pending_failure is not None:
+                conn.fail(self._pending_failure)
+                self._pending_failure = None
             if conn.state == CLOSED:
                 raise conn.closed_error()
             if self._waiter is not None:
@@ -197,7 +210,10 @@ class WebSocket(Listener):
         Waits at most ``close_timeout`` for the peer, then drops the connection.
         """
         conn = self._conn
-        conn.close(code, reason)
+        if self._pending_failure is not None:
+            conn.fail(self._pending_failure)
+        else:
+            conn.close(code, reason)
         await asyncio.shield(conn.closed)
 
     async def wait_closed(self) -> None:

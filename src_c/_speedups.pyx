@@ -1,0 +1,657 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled hot path of fastws: the twin of ``fastws/_pure.py``.
+
+Same names and behaviour as the pure-Python module; ``fastws._accel`` picks
+one. The parser streams: bytes are consumed as they arrive, unmasked straight
+into the bytes object that will carry the message to the application, and
+validated as UTF-8 on the way, so an invalid text message is refused before
+its end arrives and nothing is copied twice.
+"""
+
+import os
+import threading
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.unicode cimport PyUnicode_AsUTF8String
+from libc.string cimport memcpy
+from libc.stdint cimport uint8_t, uint64_t
+
+from kernels cimport (
+    fastws_mask, fastws_utf8_state, fastws_utf8_init, fastws_utf8_feed,
+    fastws_utf8_complete, fastws_kernels_isa,
+)
+
+from fastws.exceptions import PayloadTooBig, ProtocolError, connection_closed
+from fastws.frames import build_close_payload, check_close_code_to_send, parse_close_payload
+
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
+    bint PyBytes_CheckExact(object o)
+    bint PyUnicode_CheckExact(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    void *PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
+IMPLEMENTATION = "cython"
+KERNEL_ISA = fastws_kernels_isa().decode()
+
+OPEN = 1
+CLOSING = 2
+CLOSED = 3
+
+# Payloads at least this large are written apart from their header.
+DEF WRITE_SEPARATELY = 16384
+# A frame payload below this size gets its whole buffer at once; above, the
+# buffer grows as bytes arrive, so a header alone cannot make us allocate much.
+DEF PREALLOCATE = 262144
+# Size of the per-thread receive buffer handed to the event loop.
+DEF READ_BUFFER = 262144
+
+
+def apply_mask(data, mask):
+    """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3)."""
+    cdef Py_buffer src, key
+    PyObject_GetBuffer(mask, &key, PyBUF_SIMPLE)
+    try:
+        if key.len != 4:
+            raise ValueError("mask must be 4 bytes long")
+        PyObject_GetBuffer(data, &src, PyBUF_SIMPLE)
+        try:
+            out = PyBytes_FromStringAndSize(NULL, src.len)
+            fastws_mask(<uint8_t *>PyBytes_AS_STRING(out), <const uint8_t *>src.buf, src.len, <const uint8_t *>key.buf)
+            return out
+        finally:
+            PyBuffer_Release(&src)
+    finally:
+        PyBuffer_Release(&key)
+
+
+cdef class Utf8Validator:
+    """Incremental UTF-8 validation that fails at the first impossible byte."""
+
+    cdef fastws_utf8_state state
+
+    def __cinit__(self):
+        fastws_utf8_init(&self.state)
+
+    def validate(self, chunk, bint final=False):
+        """Feed ``chunk``; False once the text so far cannot be valid UTF-8.
+
+        With ``final`` the text must also end here (no truncated sequence).
+        """
+        cdef Py_buffer view
+        PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
+        try:
+            if not fastws_utf8_feed(&self.state, <const uint8_t *>view.buf, view.len):
+                return False
+        finally:
+            PyBuffer_Release(&view)
+        if final:
+            return bool(fastws_utf8_complete(&self.state))
+        return True
+
+    def reset(self):
+        fastws_utf8_init(&self.state)
+
+
+cdef class _MaskKeys:
+    """Mask keys for client frames from the OS CSPRNG, fetched 4 KiB at a time."""
+
+    cdef bytes pool
+    cdef Py_ssize_t pos
+
+    def __cinit__(self):
+        self.pool = b""
+        self.pos = 0
+
+    cdef const uint8_t *next(self) except NULL:
+        if self.pos + 4 > PyBytes_GET_SIZE(self.pool):
+            self.pool = os.urandom(4096)
+            self.pos = 0
+        cdef const uint8_t *key = <const uint8_t *>PyBytes_AS_STRING(self.pool) + self.pos
+        self.pos += 4
+        return key
+
+
+cdef _MaskKeys _mask_keys = _MaskKeys()
+
+
+cdef inline Py_ssize_t _write_header(uint8_t *out, int opcode, Py_ssize_t length, bint fin, bint rsv1, bint masked):
+    """Write a frame header (without mask key) at ``out``; returns its length."""
+    out[0] = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    cdef uint8_t mbit = 0x80 if masked else 0
+    cdef uint64_t n = <uint64_t>length
+    cdef int i
+    if length < 126:
+        out[1] = mbit | <uint8_t>length
+        return 2
+    if length < 65536:
+        out[1] = mbit | 126
+        out[2] = <uint8_t>(n >> 8)
+        out[3] = <uint8_t>n
+        return 4
+    out[1] = mbit | 127
+    for i in range(8):
+        out[2 + i] = <uint8_t>(n >> (56 - 8 * i))
+    return 10
+
+
+cdef object _encode(int opcode, const uint8_t *payload, Py_ssize_t n, bint fin, bint rsv1, bint mask):
+    """One frame as a new bytes object (masked with a fresh key when ``mask``)."""
+    cdef uint8_t header[14]
+    cdef Py_ssize_t hlen = _write_header(header, opcode, n, fin, rsv1, mask)
+    cdef const uint8_t *key
+    cdef object frame = PyBytes_FromStringAndSize(NULL, hlen + (4 if mask else 0) + n)
+    cdef uint8_t *out = <uint8_t *>PyBytes_AS_STRING(frame)
+    memcpy(out, header, hlen)
+    if mask:
+        key = _mask_keys.next()
+        memcpy(out + hlen, key, 4)
+        fastws_mask(out + hlen + 4, payload, n, key)
+    elif n:
+        memcpy(out + hlen, payload, n)
+    return frame
+
+
+def frame_header(int opcode, Py_ssize_t length, bint fin=True, bint rsv1=False, bint masked=False):
+    """The 2 to 10 header bytes of a frame, without the mask key."""
+    cdef uint8_t header[14]
+    cdef Py_ssize_t hlen = _write_header(header, opcode, length, fin, rsv1, masked)
+    return PyBytes_FromStringAndSize(<char *>header, hlen)
+
+
+def encode_frame(int opcode, payload, bint fin=True, bint rsv1=False, bint mask=False):
+    """One frame, header and payload; masked with a fresh key when ``mask``."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        return _encode(opcode, <const uint8_t *>view.buf, view.len, fin, rsv1, mask)
+    finally:
+        PyBuffer_Release(&view)
+
+
+_local = threading.local()
+
+
+cdef bytearray _read_buffer():
+    """The receive buffer of this thread: every connection reads into it.
+
+    ``get_buffer`` and ``buffer_updated`` run back to back for one connection
+    and the parser consumes everything, so connections of one event loop can
+    share it.
+    """
+    try:
+        return _local.buffer
+    except AttributeError:
+        _local.buffer = bytearray(READ_BUFFER)
+        return _local.buffer
+
+
+cdef class ProtocolCore:
+    """RFC 6455 after the opening handshake: framing, assembly, validation, closing.
+
+    Hot outputs are plain callables so that the asyncio layer can point them at
+    the transport and the application with no Python frame in between:
+    ``_write(data)`` and ``_on_message(core, data, is_text)``. Rare events are
+    methods that a subclass overrides: ``_on_ping``, ``_on_pong``,
+    ``_on_close_frame``, ``_close_transport`` and ``_on_protocol_error``.
+    """
+
+    cdef public bint client
+    cdef public object extension
+    cdef public int state
+    cdef public object close_code
+    cdef public object close_reason
+    cdef public bint close_sent
+    cdef public bint close_received
+    cdef public object failure
+    cdef public object _write
+    cdef public object _on_message
+
+    cdef Py_ssize_t _max_size  # -1: no limit
+    cdef Py_ssize_t _max_fragments  # -1: no limit
+    cdef bytearray _rbuf
+
+    # A header being collected across chunks.
+    cdef uint8_t _hdr[14]
+    cdef Py_ssize_t _hdr_len
+    # The frame whose payload is arriving.
+    cdef bint _in_frame
+    cdef bint _f_fin
+    cdef int _f_opcode
+    cdef Py_ssize_t _f_len
+    cdef Py_ssize_t _f_done
+    cdef bint _f_masked
+    cdef uint8_t _f_key[4]
+    cdef uint8_t _ctrl[125]
+    # The message being assembled: a bytes object we own and fill in place.
+    cdef int _msg_opcode  # 0: none
+    cdef bint _msg_compressed
+    cdef PyObject *_msg
+    cdef Py_ssize_t _msg_len
+    cdef Py_ssize_t _msg_cap
+    cdef Py_ssize_t _msg_size  # counted against max_size
+    cdef Py_ssize_t _msg_fragments
+    cdef Py_ssize_t _frame_start  # where a compressed frame's payload starts in _msg
+    cdef bytearray _inflated
+    cdef fastws_utf8_state _utf8
+
+    def __cinit__(self, *args, **kwargs):
+        self._msg = NULL
+
+    def __init__(self, bint client, *, max_size=2**20, max_fragments=None, extension=None):
+        self.client = client
+        self.max_size = max_size
+        self.max_fragments = max_fragments
+        self.extension = extension
+        self.state = OPEN
+        self.close_code = None
+        self.close_reason = ""
+        self.close_sent = False
+        self.close_received = False
+        self.failure = None
+        self._write = _discard
+        self._on_message = _discard_message
+        self._hdr_len = 0
+        self._in_frame = False
+        self._msg_opcode = 0
+        self._inflated = None
+        self._rbuf = None
+        fastws_utf8_init(&self._utf8)
+
+    def __dealloc__(self):
+        Py_XDECREF(self._msg)
+        self._msg = NULL
+
+    property max_size:
+        def __get__(self):
+            return None if self._max_size < 0 else self._max_size
+
+        def __set__(self, value):
+            self._max_size = -1 if value is None else value
+
+    property max_fragments:
+        def __get__(self):
+            return None if self._max_fragments < 0 else self._max_fragments
+
+        def __set__(self, value):
+            self._max_fragments = -1 if value is None else value
+
+    # -- hooks for subclasses (rare events) ----------------------------------
+
+    def _on_ping(self, payload):
+        """A ping arrived (the pong is already sent)."""
+
+    def _on_pong(self, payload):
+        """A pong arrived."""
+
+    def _on_close_frame(self, code, reason):
+        """A valid close frame arrived (and was answered if we had not closed)."""
+
+    def _close_transport(self):
+        """Time to close the TCP connection (server after the closing handshake, or on failure)."""
+
+    def _on_protocol_error(self, exc):
+        """The peer broke the protocol; input stops here. Fails the connection unless overridden
+        (the asyncio layer lets the application read what came before the error first)."""
+        self.fail(exc)
+
+    # -- input ------------------------------------------------------------------
+
+    def receive_data(self, data):
+        """Feed bytes from the peer: every complete message is handed out at once."""
+        cdef Py_buffer view
+        if self.failure is not None or self.close_received or self.state == CLOSED:
+            return
+        if PyBytes_CheckExact(data):
+            self._receive(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._receive(<const uint8_t *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        """asyncio.BufferedProtocol: where the event loop should read to."""
+        if self._rbuf is None:
+            self._rbuf = _read_buffer()
+        return self._rbuf
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """asyncio.BufferedProtocol: ``nbytes`` were read into the buffer."""
+        if self.failure is not None or self.close_received or self.state == CLOSED:
+            return
+        self._receive(<const uint8_t *>(<char *>self._rbuf), nbytes)
+
+    cdef int _receive(self, const uint8_t *p, Py_ssize_t n) except -1:
+        try:
+            self._parse(p, n)
+        except ProtocolError as exc:
+            self.failure = exc  # read nothing more
+            self._on_protocol_error(exc)
+        return 0
+
+    cdef int _parse(self, const uint8_t *p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t need, take
+        while n > 0 or (self._in_frame and self._f_done == self._f_len):
+            if not self._in_frame:
+                # Collect a header: straight from the input when it is all there.
+                if self._hdr_len == 0 and n >= 2:
+                    need = _header_length(p[1])
+                    if n >= need:
+                        self._start_frame(p, need)
+                        p += need
+                        n -= need
+                        continue
+                take = 2 - self._hdr_len if self._hdr_len < 2 else _header_length(self._hdr[1]) - self._hdr_len
+                if take > n:
+                    take = n
+                memcpy(self._hdr + self._hdr_len, p, take)
+                self._hdr_len += take
+                p += take
+                n -= take
+                if self._hdr_len >= 2 and self._hdr_len == _header_length(self._hdr[1]):
+                    self._hdr_len = 0
+                    self._start_frame(self._hdr, _header_length(self._hdr[1]))
+                continue
+            take = self._f_len - self._f_done
+            if take > n:
+                take = n
+            if take:
+                self._payload(p, take)
+                p += take
+                n -= take
+            if self._f_done == self._f_len:
+                self._in_frame = False
+                if self._f_opcode >= 8:
+                    self._handle_control()
+                else:
+                    self._end_data_frame()
+                if self.close_received or self.failure is not None or self.state == CLOSED:
+                    return 0
+        return 0
+
+    cdef int _start_frame(self, const uint8_t *h, Py_ssize_t hlen) except -1:
+        """Check a complete header and get ready for its payload."""
+        cdef uint8_t b0 = h[0]
+        cdef uint8_t b1 = h[1]
+        cdef bint fin = (b0 & 0x80) != 0
+        cdef bint rsv1 = (b0 & 0x40) != 0
+        cdef int opcode = b0 & 0x0F
+        cdef bint masked = (b1 & 0x80) != 0
+        cdef uint64_t length = b1 & 0x7F
+        cdef int i
+        if length == 126:
+            length = (<uint64_t>h[2] << 8) | h[3]
+        elif length == 127:
+            length = 0
+            for i in range(8):
+                length = (length << 8) | h[2 + i]
+            if length >> 63:
+                raise ProtocolError("payload length with the most significant bit set")
+        if b0 & 0x30:
+            raise ProtocolError("reserved bits RSV2/RSV3 set")
+        if masked == self.client:
+            raise ProtocolError("masked frame from server" if self.client else "unmasked frame from client")
+        if opcode >= 8:
+            if opcode > 10:
+                raise ProtocolError(f"reserved opcode {opcode}")
+            if not fin:
+                raise ProtocolError("fragmented control frame")
+            if length > 125:
+                raise ProtocolError("control frame payload longer than 125 bytes")
+            if rsv1:
+                raise ProtocolError("RSV1 set on a control frame")
+        else:
+            if opcode > 2:
+                raise ProtocolError(f"reserved opcode {opcode}")
+            if opcode == 0:
+                if self._msg_opcode == 0:
+                    raise ProtocolError("continuation frame with no message to continue")
+                if rsv1:
+                    raise ProtocolError("RSV1 set on a continuation frame")
+                self._msg_fragments += 1
+                if self._max_fragments >= 0 and self._msg_fragments > self._max_fragments:
+                    raise PayloadTooBig(f"message in more than {self._max_fragments} fragments")
+            else:
+                if self._msg_opcode != 0:
+                    raise ProtocolError("new data frame inside a fragmented message")
+                if rsv1 and self.extension is None:
+                    raise ProtocolError("RSV1 set with no extension negotiated")
+                self._msg_opcode = opcode
+                self._msg_compressed = rsv1
+                self._msg_size = 0
+                self._msg_len = 0
+                self._msg_fragments = 1
+                if opcode == 1:
+                    fastws_utf8_init(&self._utf8)
+                if rsv1:
+                    self._inflated = bytearray()
+            if not self._msg_compressed:
+                if self._max_size >= 0 and length > <uint64_t>(self._max_size - self._msg_size):
+                    raise PayloadTooBig(f"message larger than max_size ({self._max_size} bytes)")
+                self._msg_size += <Py_ssize_t>length
+            self._frame_start = self._msg_len
+        if masked:
+            memcpy(self._f_key, h + hlen - 4, 4)
+        self._in_frame = True
+        self._f_fin = fin
+        self._f_opcode = opcode
+        self._f_len = <Py_ssize_t>length
+        self._f_done = 0
+        self._f_masked = masked
+        return 0
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        """Room in the message buffer for ``extra`` more bytes of this frame."""
+        cdef Py_ssize_t needed = self._msg_len + extra
+        cdef Py_ssize_t frame_end = self._frame_start + self._f_len
+        cdef Py_ssize_t cap
+        if self._msg != NULL and needed <= self._msg_cap:
+            return 0
+        cap = needed
+        if self._f_len - self._f_done > extra and self._f_len <= PREALLOCATE:
+            cap = frame_end  # small frame: all of it at once
+        elif self._msg_cap * 2 > cap:
+            cap = self._msg_cap * 2  # large frame: grow geometrically as it arrives
+            if cap > frame_end:
+                cap = frame_end
+        if self._msg == NULL:
+            buf = PyBytes_FromStringAndSize(NULL, cap)
+            Py_INCREF(buf)  # owned through _msg from here on
+            self._msg = <PyObject *>buf
+        else:
+            _PyBytes_Resize(&self._msg, cap)
+        self._msg_cap = cap
+        return 0
+
+    cdef int _payload(self, const uint8_t *p, Py_ssize_t take) except -1:
+        cdef uint8_t key[4]
+        cdef uint8_t *dst
+        cdef int shift, i
+        if self._f_opcode >= 8:
+            dst = self._ctrl + self._f_done
+        else:
+            self._reserve(take)
+            dst = <uint8_t *>PyBytes_AS_STRING(<object>self._msg) + self._msg_len
+        if self._f_masked:
+            shift = self._f_done & 3
+            for i in range(4):
+                key[i] = self._f_key[(i + shift) & 3]
+            fastws_mask(dst, p, take, key)
+        else:
+            memcpy(dst, p, take)
+        self._f_done += take
+        if self._f_opcode < 8:
+            self._msg_len += take
+            if self._msg_opcode == 1 and not self._msg_compressed:
+                if not fastws_utf8_feed(&self._utf8, dst, take):
+                    raise ProtocolError("invalid UTF-8 in a text message", 1007)
+        return 0
+
+    cdef int _end_data_frame(self) except -1:
+        cdef bint is_text = self._msg_opcode == 1
+        cdef object chunk
+        cdef Py_ssize_t size
+        if self._msg_compressed:
+            chunk = PyBytes_FromStringAndSize(PyBytes_AS_STRING(<object>self._msg) + self._frame_start, self._msg_len - self._frame_start) if self._msg != NULL else b""
+            self._msg_len = self._frame_start
+            chunk = self.extension.decode(chunk, self._f_fin, self._msg_size, self.max_size)
+            size = len(chunk)
+            self._msg_size += size
+            if is_text and size and not fastws_utf8_feed(&self._utf8, <const uint8_t *>PyBytes_AS_STRING(chunk), size):
+                raise ProtocolError("invalid UTF-8 in a text message", 1007)
+            self._inflated += chunk
+        if not self._f_fin:
+            return 0
+        if is_text and not fastws_utf8_complete(&self._utf8):
+            raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
+        if self._msg_compressed:
+            data = bytes(self._inflated)
+            self._inflated = None
+        elif self._msg == NULL:
+            data = b""
+        else:
+            if self._msg_len != self._msg_cap:
+                _PyBytes_Resize(&self._msg, self._msg_len)
+            data = <object>self._msg
+            Py_DECREF(data)  # the reference we held through _msg goes to ``data``
+            self._msg = NULL
+        self._msg_cap = 0
+        self._msg_len = 0
+        self._msg_opcode = 0
+        self._on_message(self, data, is_text)
+        return 0
+
+    cdef int _handle_control(self) except -1:
+        payload = PyBytes_FromStringAndSize(<char *>self._ctrl, self._f_len)
+        if self._f_opcode == 9:
+            if self.state == OPEN:
+                self._write(_encode(10, self._ctrl, self._f_len, True, False, self.client))
+            self._on_ping(payload)
+        elif self._f_opcode == 10:
+            self._on_pong(payload)
+        else:
+            code, reason = parse_close_payload(payload)
+            self.close_received = True
+            self.close_code = code
+            self.close_reason = reason
+            if self.state == OPEN:
+                self._send_close(None if code == 1005 else code, b"")
+            self._on_close_frame(code, reason)
+            if not self.client:
+                self._close_transport()
+        return 0
+
+    # -- output -------------------------------------------------------------------
+
+    def send(self, data, text=None):
+        """Send one message: str as text, bytes-like as binary unless ``text`` says otherwise."""
+        cdef int opcode
+        if PyUnicode_CheckExact(data):
+            opcode = 2 if text is False else 1
+            if PyUnicode_IS_ASCII(data) and self.extension is None and self.state == OPEN:
+                # ASCII is its own UTF-8: frame it straight from the str's storage.
+                self._send_raw(opcode, <const uint8_t *>PyUnicode_DATA(data), PyUnicode_GET_LENGTH(data), True)
+                return
+            data = PyUnicode_AsUTF8String(data)
+        elif isinstance(data, str):
+            opcode = 2 if text is False else 1
+            data = data.encode()
+        else:
+            opcode = 1 if text else 2
+        self.send_frame(opcode, data, True)
+
+    def send_frame(self, int opcode, payload, bint fin=True):
+        """Send one frame as is; the caller keeps the fragmentation rules."""
+        cdef Py_buffer view
+        cdef bint rsv1 = False
+        if self.state != OPEN:
+            raise self.closed_error()
+        if self.extension is not None and opcode < 8:
+            payload, rsv1 = self.extension.encode(opcode, payload, fin)
+        if PyBytes_CheckExact(payload):
+            if not self.client and PyBytes_GET_SIZE(payload) >= WRITE_SEPARATELY:
+                self._write(frame_header(opcode, PyBytes_GET_SIZE(payload), fin, rsv1))
+                self._write(payload)
+                return
+            self._write(_encode(opcode, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), fin, rsv1, self.client))
+            return
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            self._write(_encode(opcode, <const uint8_t *>view.buf, view.len, fin, rsv1, self.client))
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _send_raw(self, int opcode, const uint8_t *payload, Py_ssize_t n, bint fin) except -1:
+        self._write(_encode(opcode, payload, n, fin, False, self.client))
+        return 0
+
+    def ping(self, payload=b""):
+        if len(payload) > 125:
+            raise ValueError("ping payload longer than 125 bytes")
+        self.send_frame(9, payload)
+
+    def pong(self, payload=b""):
+        if len(payload) > 125:
+            raise ValueError("pong payload longer than 125 bytes")
+        self.send_frame(10, payload)
+
+    def close(self, int code=1000, str reason=""):
+        """Start the closing handshake (nothing to do if it already started)."""
+        encoded = check_close_code_to_send(code, reason)
+        if self.state == OPEN:
+            self._send_close(code, encoded)
+
+    def _send_close(self, code, bytes reason):
+        payload = build_close_payload(code, reason)
+        self._write(_encode(8, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False, self.client))
+        self.close_sent = True
+        self.state = CLOSING
+
+    def fail(self, exc):
+        """Fail the connection: close frame with the error's code, then close the TCP connection."""
+        if self.failure is None:
+            self.failure = exc
+        if self.state == OPEN:
+            self._send_close(exc.code, str(exc).encode()[:123])
+        if self.close_code is None:
+            self.close_code = exc.code
+            self.close_reason = str(exc)
+        self._close_transport()
+
+    def connection_closed(self):
+        """The TCP connection is gone."""
+        self.state = CLOSED
+        if self.close_code is None:
+            self.close_code = 1006
+        Py_XDECREF(self._msg)
+        self._msg = NULL
+
+    def closed_error(self):
+        """The exception that tells why this connection can no longer be used."""
+        return connection_closed(self.close_code or 1006, self.close_reason)
+
+
+cdef inline Py_ssize_t _header_length(uint8_t b1):
+    cdef Py_ssize_t n = 2
+    cdef uint8_t length = b1 & 0x7F
+    if length == 126:
+        n = 4
+    elif length == 127:
+        n = 10
+    if b1 & 0x80:
+        n += 4
+    return n
+
+
+def _discard(data):
+    pass
+
+
+def _discard_message(core, data, is_text):
+    pass

@@ -1,0 +1,42 @@
+"""Autobahn|Testsuite client driver on the public ``fastws.connect`` API.
+
+Run by ``../shared/autobahn/test-client.sh``, which sets AUTOBAHN_URL and
+AUTOBAHN_AGENT: for each case, echo every message back until the fuzzing
+server closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import fastws
+
+URL = os.environ.get("AUTOBAHN_URL", "ws://127.0.0.1:9001")
+AGENT = os.environ.get("AUTOBAHN_AGENT", "fastws")
+MAX_SIZE = 2**25
+
+
+async def run_case(index: int) -> None:
+    try:
+        async with fastws.connect(f"{URL}/runCase?case={index}&agent={AGENT}", max_size=MAX_SIZE) as ws:
+            async for message in ws:
+                await ws.send(message)
+    except fastws.ConnectionClosed:
+        pass  # the case decides how the connection ends
+
+
+async def main() -> int:
+    async with fastws.connect(f"{URL}/getCaseCount") as ws:
+        count = int(await ws.recv())
+    print(f"{count} cases ({'compiled' if fastws.USING_EXTENSION else 'pure Python'}, {fastws.event_loop_name()})")
+    for index in range(1, count + 1):
+        await run_case(index)
+    async with fastws.connect(f"{URL}/updateReports?agent={AGENT}") as ws:
+        await ws.wait_closed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(fastws.run(main()))

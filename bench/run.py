@@ -1,0 +1,711 @@
+#!/usr/bin/env python3
+"""fastws load benchmarks: fastws against picows, websockets, aiohttp and Node's ws.
+
+    python3 bench/run.py --quick     # small subset, about 2-3 minutes
+    python3 bench/run.py             # full matrix, 3 repetitions
+
+Uses only the standard library.  It prepares (idempotently) under
+$FASTWS_BENCH_HOME (default ~/.cache/fastws-bench):
+    venv/            peers + matplotlib + this repository's fastws
+    node/            npm-installed `ws` (skipped when node/npm are missing)
+    build/loadgen-*  the C load generator, compiled with `cc -O2`
+then runs every case against every server (server pinned to one CPU, load
+generator to another), and writes bench/results/.  See bench/README.md.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+SERVERS_DIR = os.path.join(BENCH, "servers")
+RESULTS = os.path.join(BENCH, "results")
+HOME = os.environ.get("FASTWS_BENCH_HOME") or os.path.expanduser("~/.cache/fastws-bench")
+
+PEER_PACKAGES = ["picows", "aiofastnet", "websockets", "aiohttp", "uvloop", "matplotlib"]
+
+KiB, MiB = 1024, 1024 * 1024
+
+SERVER_CPU, LOADGEN_CPU = 1, 0
+NICE = -20
+REALTIME = False  # --realtime: SCHED_FIFO for the server and the loadgen
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def human_size(n):
+    if n >= MiB and n % MiB == 0:
+        return "%dMiB" % (n // MiB)
+    if n >= KiB and n % KiB == 0:
+        return "%dKiB" % (n // KiB)
+    return "%dB" % n
+
+
+@dataclass
+class Case:
+    mode: str
+    conns: int
+    size: int = 16
+    text: bool = False
+    inflight: int = 1
+
+    @property
+    def name(self):
+        if self.mode == "idle":
+            return "idle-%dc" % self.conns
+        n = "%s-%dc-%s" % (self.mode, self.conns, human_size(self.size))
+        if self.mode == "stream":
+            n += "-x%d" % self.inflight
+        return n + ("-text" if self.text else "")
+
+    @property
+    def path(self):
+        return "/fanout" if self.mode == "fanout" else "/"
+
+
+def full_cases():
+    cases = []
+    for conns in (1, 64):
+        for size in (16, 256, 4 * KiB, 64 * KiB, 1 * MiB):
+            cases.append(Case("rr", conns, size))
+    cases.append(Case("rr", 64, 4 * KiB, text=True))
+    for size, k in ((64 * KiB, 16), (1 * MiB, 4)):
+        for text in (False, True):
+            cases.append(Case("stream", 8, size, text, k))
+    cases.append(Case("fanout", 1000, 256))
+    cases.append(Case("idle", 10000))
+    return cases
+
+
+def quick_cases():
+    return [Case("rr", 64, 256), Case("rr", 64, 4 * KiB, text=True),
+            Case("stream", 8, 64 * KiB, False, 16), Case("fanout", 1000, 256)]
+
+
+# --------------------------------------------------------------------- setup
+
+def run_checked(cmd, **kw):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError("command failed (%d): %s\n%s" % (r.returncode, " ".join(cmd), r.stdout[-4000:]))
+    return r.stdout
+
+
+def build_loadgen():
+    src = os.path.join(BENCH, "load", "loadgen.c")
+    with open(src, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    out = os.path.join(HOME, "build", "loadgen-" + digest)
+    if not os.path.exists(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        log("building loadgen: %s -O2 %s" % (cc, src))
+        run_checked([cc, "-O2", "-Wall", "-o", out + ".tmp", src])
+        os.replace(out + ".tmp", out)
+    return out
+
+
+def tree_digest(root, skip_dirs):
+    """Hash of the files that make up the fastws package source."""
+    h = hashlib.sha256()
+    for d, dirs, files in os.walk(root):
+        rel = os.path.relpath(d, root)
+        dirs[:] = sorted(x for x in dirs if x not in skip_dirs and not x.startswith(".")
+                         and not x.endswith(".egg-info") and not (rel == "." and x in ("bench", "build", "dist")))
+        for fn in sorted(files):
+            if fn.endswith((".pyc", ".so", ".o")):
+                continue
+            p = os.path.join(d, fn)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            h.update(os.path.relpath(p, root).encode())
+            with open(p, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+            del st
+    return h.hexdigest()[:16]
+
+
+def setup_venv(args):
+    venv = os.path.join(HOME, "venv")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        log("creating venv %s" % venv)
+        run_checked([sys.executable, "-m", "venv", venv])
+    stamp = os.path.join(venv, ".bench-peers")
+    want = " ".join(PEER_PACKAGES)
+    if not os.path.exists(stamp) or open(stamp).read() != want or args.upgrade:
+        log("installing peers: %s" % want)
+        run_checked([py, "-m", "pip", "install", "-q", "--upgrade", "pip"])
+        run_checked([py, "-m", "pip", "install", "-q", "--upgrade"] + PEER_PACKAGES)
+        with open(stamp, "w") as f:
+            f.write(want)
+    install_fastws(py, venv)
+    return py
+
+
+def install_fastws(py, venv):
+    """pip install the repository's fastws from a copy of its source tree (so
+    that no build artefacts land in the checkout); skipped when unchanged."""
+    if not any(os.path.exists(os.path.join(REPO, f)) for f in ("pyproject.toml", "setup.py")):
+        log("note: no pyproject.toml/setup.py at the repo root yet: fastws is not installed")
+        return
+    skip = {"bench", "__pycache__", "build", "dist", "node_modules"}
+    digest = tree_digest(REPO, skip)
+    stamp = os.path.join(venv, ".bench-fastws")
+    if os.path.exists(stamp):
+        state = open(stamp).read()
+        if state == "ok " + digest:
+            return
+        if state == "failed " + digest:
+            log("note: fastws failed to install from this same source before; not retrying "
+                "(its servers will be skipped; delete %s to retry)" % stamp)
+            return
+    src = os.path.join(HOME, "fastws-src")
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", "bench", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o", "node_modules"))
+    log("installing fastws from the repository (build copy: %s)" % src)
+    # FASTWS_EXTENSION is left unset for the build: the extension is built when
+    # possible; whether it is in use is checked when the server starts.
+    env = {k: v for k, v in os.environ.items() if k != "FASTWS_EXTENSION"}
+    try:
+        run_checked([py, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", "--no-cache-dir", src],
+                    env=env)
+    except RuntimeError as e:
+        log("note: building fastws with its extension failed:\n%s" % str(e)[-1200:])
+        log("retrying with FASTWS_EXTENSION=0 (pure Python only; the 'fastws' compiled variant will be skipped)")
+        try:
+            run_checked([py, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", "--no-cache-dir",
+                         src], env=dict(env, FASTWS_EXTENSION="0"))
+        except RuntimeError as e2:
+            log("note: installing fastws failed; its servers will be skipped\n%s" % str(e2)[-1200:])
+            with open(stamp, "w") as f:
+                f.write("failed " + digest)
+            return
+    with open(stamp, "w") as f:
+        f.write("ok " + digest)
+
+
+def setup_node(args):
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        log("note: node/npm not found: the ws server is skipped")
+        return None
+    prefix = os.path.join(HOME, "node")
+    if not os.path.exists(os.path.join(prefix, "node_modules", "ws", "package.json")) or args.upgrade:
+        os.makedirs(prefix, exist_ok=True)
+        log("installing ws with npm into %s" % prefix)
+        try:
+            run_checked([npm, "install", "--prefix", prefix, "--no-audit", "--no-fund", "--silent", "ws"])
+        except RuntimeError as e:
+            log("note: npm install ws failed, ws is skipped\n%s" % str(e)[-800:])
+            return None
+    return os.path.join(prefix, "node_modules")
+
+
+# ------------------------------------------------------------------- servers
+
+def server_commands(py, node_modules):
+    """name -> (argv, extra env) for every server."""
+    def pyserver(script, **env):
+        return [py, "-u", os.path.join(SERVERS_DIR, script)], env
+    cmds = {
+        "fastws": pyserver("fastws_server.py", FASTWS_EXTENSION="1"),
+        "fastws-py": pyserver("fastws_server.py", FASTWS_EXTENSION="0"),
+        "picows": pyserver("picows_server.py"),
+        "websockets": pyserver("websockets_server.py"),
+        "aiohttp": pyserver("aiohttp_server.py"),
+    }
+    if node_modules:
+        cmds["ws"] = (["node", os.path.join(SERVERS_DIR, "ws_server.js")], {"NODE_PATH": node_modules})
+    return cmds
+
+
+ALL_SERVERS = ["fastws", "fastws-py", "picows", "websockets", "aiohttp", "ws"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def busy_cpu_s():
+    """Non-idle CPU seconds of the whole machine so far (from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # minus idle and iowait
+
+
+def proc_status_kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def pin(cpu):
+    """preexec_fn: pin to one CPU, raise the priority (nice -20 when allowed, so
+    that unrelated jobs on the machine disturb the measurement less) and the fd limit."""
+    def fn():
+        os.sched_setaffinity(0, {cpu})
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, NICE)
+        except OSError:
+            pass
+        if REALTIME:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            except OSError:
+                pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 65536), max(hard, 65536)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return fn
+
+
+def line_reader(stream, q, tag):
+    for line in iter(stream.readline, ""):
+        q.put((tag, line.rstrip("\n"), time.monotonic()))
+    q.put((tag, None, time.monotonic()))
+
+
+class Server:
+    def __init__(self, name, argv, env, logdir):
+        self.name = name
+        self.errlog = os.path.join(logdir, "%s.stderr" % name)
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", **env)
+        self.errf = open(self.errlog, "a")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.errf, text=True,
+                                     cwd=SERVERS_DIR, env=full_env, preexec_fn=pin(SERVER_CPU))
+        self.q = queue.Queue()
+        threading.Thread(target=line_reader, args=(self.proc.stdout, self.q, "out"), daemon=True).start()
+        self.info, self.port = {}, None
+
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _, line, _ = self.q.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if line is None:
+                break
+            if line.startswith("INFO "):
+                self.info = json.loads(line[5:])
+            elif line.startswith("PORT "):
+                self.port = int(line.split()[1])
+                return True
+        return False
+
+    def stderr_tail(self, n=6):
+        try:
+            with open(self.errlog) as f:
+                return "".join(f.readlines()[-n:]).strip()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.errf.closed:
+            self.errf.close()
+
+
+def run_one(loadgen, server, case, warmup, duration):
+    """One loadgen run against a started server; returns a result dict."""
+    pid = server.proc.pid
+    rss_base = proc_status_kib(pid, "VmRSS")
+    cmd = [loadgen, "--port", str(server.port), "--path", case.path,
+           "--mode", case.mode, "--conns", str(case.conns), "--size", str(case.size),
+           "--inflight", str(case.inflight), "--warmup", str(warmup), "--duration", str(duration)]
+    if case.text:
+        cmd.append("--text")
+    lg = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=pin(LOADGEN_CPU))
+    q = queue.Queue()
+    threading.Thread(target=line_reader, args=(lg.stderr, q, "err"), daemon=True).start()
+    marks, notes = {}, []
+    deadline = time.monotonic() + warmup + duration + 120
+    while True:
+        try:
+            _, line, _ = q.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            lg.kill()
+            notes.append("loadgen timed out")
+            break
+        if line is None:
+            break
+        if line in ("MEASURE_START", "MEASURE_END"):
+            try:
+                marks[line] = (time.monotonic(), proc_cpu(pid), proc_status_kib(pid, "VmRSS"), busy_cpu_s())
+            except OSError:
+                notes.append("server exited during the run")
+        elif line.startswith("CONNECTED"):
+            pass
+        else:
+            notes.append(line)
+    out = lg.stdout.read()
+    rc = lg.wait()
+    res = {}
+    for ln in out.splitlines():
+        if ln.startswith("{"):
+            res = json.loads(ln)
+    alive = server.proc.poll() is None
+    res["loadgen_rc"] = rc
+    res["server_alive"] = alive
+    if notes:
+        res["notes"] = notes[:12]
+    if "MEASURE_START" in marks and "MEASURE_END" in marks:
+        (t0, c0, r0, b0), (t1, c1, r1, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
+        res["server_cpu_s"] = round(c1 - c0, 3)
+        # busy time of the whole machine not spent in the server or the loadgen
+        # (softirq work of the two shows up here too, so small values are normal)
+        res["other_cpu_s"] = round(max(0.0, (b1 - b0) - (c1 - c0) - res.get("loadgen_cpu_s", 0)), 3)
+        res["window_s"] = round(t1 - t0, 4)
+        if case.mode == "idle":
+            res["rss_base_kib"] = rss_base
+            res["rss_hold_kib"] = r0
+            res["kib_per_conn"] = round((r0 - rss_base) / case.conns, 3)
+    if alive:
+        res["peak_rss_kib"] = proc_status_kib(pid, "VmHWM")
+    msgs = res.get("messages", 0)
+    cpu = res.get("server_cpu_s")
+    res["msgs_per_cpu_s"] = round(msgs / cpu, 1) if cpu else None
+    if "errors" not in res:
+        res["errors"] = 1
+    elif rc != 0 and not res["errors"]:
+        res["errors"] = 1
+    return res
+
+
+# ------------------------------------------------------------------ metadata
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit():
+    try:
+        c = subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+        return (c or "none") + ("-dirty" if dirty and c else "")
+    except OSError:
+        return "none"
+
+
+class DmaLatency:
+    """Hold /dev/cpu_dma_latency at 0 so idle vCPUs do not sleep deeply."""
+
+    def __init__(self):
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+            os.write(self.fd, struct.pack("i", 0))
+        except OSError as e:
+            log("note: cannot hold /dev/cpu_dma_latency (%s); results may be noisier" % e)
+            self.fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# ------------------------------------------------------------------- summary
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(server, case, reps, info):
+    ok = [r for r in reps if r.get("messages") is not None]
+    s = {
+        "server": server, "library": info.get("library", server), "version": info.get("version"),
+        "loop": info.get("loop"), "server_info": info, "case": case.name, "mode": case.mode,
+        "conns": case.conns, "size": case.size, "text": case.text, "inflight": case.inflight,
+        "reps": len(reps),
+        "msgs_per_s": med([r.get("msgs_per_s") for r in ok]),
+        "msgs_per_s_min": min([r.get("msgs_per_s", 0) for r in ok], default=None),
+        "msgs_per_s_max": max([r.get("msgs_per_s", 0) for r in ok], default=None),
+        "mb_per_s": med([r.get("mb_per_s") for r in ok]),
+        "p50_us": med([r.get("p50_us") for r in ok]),
+        "p99_us": med([r.get("p99_us") for r in ok]),
+        "server_cpu_s": med([r.get("server_cpu_s") for r in ok]),
+        "msgs_per_cpu_s": med([r.get("msgs_per_cpu_s") for r in ok]),
+        "msgs_per_cpu_s_min": min([r["msgs_per_cpu_s"] for r in ok if r.get("msgs_per_cpu_s")], default=None),
+        "msgs_per_cpu_s_max": max([r["msgs_per_cpu_s"] for r in ok if r.get("msgs_per_cpu_s")], default=None),
+        "peak_rss_kib": max([r.get("peak_rss_kib", 0) for r in ok], default=None),
+        "loadgen_cpu_s": med([r.get("loadgen_cpu_s") for r in ok]),
+        "other_cpu_s": med([r.get("other_cpu_s") for r in ok]),
+        "window_s": med([r.get("duration_s") for r in ok]),
+        "errors": sum(r.get("errors", 0) for r in reps),
+    }
+    if case.mode == "idle":
+        s["open"] = min([r.get("open", 0) for r in ok], default=0)
+        s["kib_per_conn"] = med([r.get("kib_per_conn") for r in ok])
+    w = s["window_s"] or 0
+    s["loadgen_cpu_frac"] = round(s["loadgen_cpu_s"] / w, 3) if w and s["loadgen_cpu_s"] is not None else None
+    s["other_cpu_frac"] = round(s["other_cpu_s"] / w, 3) if w and s["other_cpu_s"] is not None else None
+    s["server_cpu_frac"] = round(s["server_cpu_s"] / w, 3) if w and s["server_cpu_s"] is not None else None
+    return s
+
+
+def add_ratios(rows):
+    ref = {r["case"]: r for r in rows if r["server"] == "picows"}
+    for r in rows:
+        p = ref.get(r["case"])
+        for key in ("msgs_per_s", "msgs_per_cpu_s", "kib_per_conn"):
+            if p and p.get(key) and r.get(key) is not None:
+                r[key + "_vs_picows"] = round(r[key] / p[key], 3)
+
+
+def fmt(v, nd=0):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and nd == 0:
+        return "{:,.0f}".format(v)
+    return ("{:,.%df}" % nd).format(v)
+
+
+def markdown(rows, meta, skipped):
+    out = ["# fastws load benchmark: %s run" % ("quick" if meta["quick"] else "full"), ""]
+    out.append("- date: %s, commit `%s`, Python %s, CPU: %s (%d vCPUs)" % (
+        meta["date"], meta["commit"], meta["python"], meta["cpu"], meta["ncpu"]))
+    out.append("- %d repetition(s), warm-up %ss, measured %ss; server on CPU %d, loadgen on CPU %d; "
+               "medians over repetitions (msgs/s spread = min..max)" % (
+                   meta["reps"], meta["warmup"], meta["duration"], SERVER_CPU, LOADGEN_CPU))
+    libs = {}
+    for r in rows:
+        libs.setdefault(r["server"], r)
+    out.append("- servers: " + "; ".join(
+        "%s %s (%s%s)" % (n, r.get("version"), r.get("loop"), "".join(
+            ", %s=%s" % (k, v) for k, v in r["server_info"].items()
+            if k in ("aiofastnet", "extension", "speedups"))) for n, r in libs.items()))
+    for name, why in skipped.items():
+        out.append("- skipped %s: %s" % (name, why))
+    out.append("")
+    out.append("**msgs/CPU-s** = messages per second of server CPU time (utime+stime) - the headline number. "
+               "`x picows` columns are ratios to picows in the same run. `lg CPU` is the load generator's CPU "
+               "share of the window (it must stay well below 100%). `other CPU` is the rest of the machine's busy time "
+               "in the window (kernel softirq work of the two plus any unrelated job; large values mean a "
+               "disturbed measurement).")
+    out.append("")
+    out.append("| case | server | msgs/s (spread) | MB/s | p50 us | p99 us | server CPU | msgs/CPU-s | "
+               "x picows msgs/s | x picows msgs/CPU-s | peak RSS MiB | lg CPU | other CPU | errors |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["mode"] == "idle":
+            continue
+        spread = "%s (%s..%s)" % (fmt(r["msgs_per_s"]), fmt(r["msgs_per_s_min"]), fmt(r["msgs_per_s_max"])) \
+            if r["reps"] > 1 else fmt(r["msgs_per_s"])
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["case"], r["server"], spread, fmt(r["mb_per_s"], 1), fmt(r["p50_us"], 0), fmt(r["p99_us"], 0),
+            "%d%%" % round(100 * r["server_cpu_frac"]) if r.get("server_cpu_frac") is not None else "-",
+            fmt(r["msgs_per_cpu_s"]), fmt(r.get("msgs_per_s_vs_picows"), 2),
+            fmt(r.get("msgs_per_cpu_s_vs_picows"), 2),
+            fmt((r["peak_rss_kib"] or 0) / 1024, 1),
+            "%d%%" % round(100 * r["loadgen_cpu_frac"]) if r.get("loadgen_cpu_frac") is not None else "-",
+            "%d%%" % round(100 * r["other_cpu_frac"]) if r.get("other_cpu_frac") is not None else "-",
+            r["errors"]))
+    idle = [r for r in rows if r["mode"] == "idle"]
+    if idle:
+        out += ["", "Idle connections (server memory per connection = RSS delta / N):", "",
+                "| case | server | open | KiB/conn | x picows | peak RSS MiB | errors |", "|---|---|---|---|---|---|---|"]
+        for r in idle:
+            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                r["case"], r["server"], r.get("open"), fmt(r.get("kib_per_conn"), 2),
+                fmt(r.get("kib_per_conn_vs_picows"), 2), fmt((r["peak_rss_kib"] or 0) / 1024, 1), r["errors"]))
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small subset with short durations")
+    ap.add_argument("--servers", help="comma separated subset of: " + ",".join(ALL_SERVERS))
+    ap.add_argument("--cases", help="comma separated case names or substrings (see --list)")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3 full, 1 quick)")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds per run")
+    ap.add_argument("--duration", type=float, help="measured seconds per run")
+    ap.add_argument("--python", help="use this interpreter for the Python servers instead of the bench venv")
+    ap.add_argument("--upgrade", action="store_true", help="re-install the peers (latest versions)")
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    ap.add_argument("--realtime", action="store_true",
+                    help="run the server and the loadgen as SCHED_FIFO (root): steadier numbers on a busy "
+                         "machine, at the expense of everything else running there")
+    ap.add_argument("--setup-only", action="store_true", help="prepare the venv, ws and the loadgen, then exit")
+    args = ap.parse_args()
+
+    cases = quick_cases() if args.quick else full_cases()
+    if args.cases:
+        pool = {c.name: c for c in full_cases() + quick_cases()}
+        picked = []
+        for want in args.cases.split(","):
+            hits = [c for n, c in pool.items() if n == want] or [c for n, c in pool.items() if want in n]
+            if not hits:
+                sys.exit("unknown case %r; try --list" % want)
+            picked += [c for c in hits if c not in picked]
+        cases = picked
+    if args.list:
+        for c in full_cases():
+            print(c.name + ("   (quick)" if c in quick_cases() else ""))
+        return 0
+    reps = args.reps or (1 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 1.5)
+    duration = args.duration if args.duration is not None else (2.0 if args.quick else 4.0)
+    servers = args.servers.split(",") if args.servers else list(ALL_SERVERS)
+    for s in servers:
+        if s not in ALL_SERVERS:
+            sys.exit("unknown server %r (known: %s)" % (s, ", ".join(ALL_SERVERS)))
+    if (os.cpu_count() or 1) < 2:
+        log("note: fewer than 2 CPUs; server and loadgen share CPU 0")
+        globals()["SERVER_CPU"] = 0
+
+    globals()["REALTIME"] = args.realtime
+    t_setup = time.monotonic()
+    os.makedirs(HOME, exist_ok=True)
+    loadgen = build_loadgen()
+    py = args.python or setup_venv(args)
+    node_modules = setup_node(args) if "ws" in servers else None
+    log("setup done in %.1fs (home %s)" % (time.monotonic() - t_setup, HOME))
+    if args.setup_only:
+        return 0
+    commands = server_commands(py, node_modules)
+    skipped = {}
+    if "ws" in servers and "ws" not in commands:
+        skipped["ws"] = "node/npm or the ws package unavailable"
+    servers = [s for s in servers if s in commands]
+
+    logdir = os.path.join(HOME, "logs", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(logdir, exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(), "python": platform.python_version(),
+            "cpu": cpu_model(), "ncpu": os.cpu_count(), "quick": args.quick, "reps": reps,
+            "warmup": warmup, "duration": duration, "realtime": args.realtime, "run_id": time.strftime("%Y%m%d-%H%M%S")}
+    log("run %s: %d case(s) x %d server(s) x %d rep(s); commit %s; logs in %s" % (
+        meta["run_id"], len(cases), len(servers), reps, meta["commit"], logdir))
+
+    results = {}   # (server, case name) -> list of rep results
+    infos = {}
+    t0 = time.monotonic()
+    with DmaLatency():
+        for case in cases:
+            for rep in range(reps):
+                order = servers if rep % 2 == 0 else servers[::-1]
+                for name in order:
+                    if name in skipped:
+                        continue
+                    argv, env = commands[name]
+                    srv = Server(name, argv, env, logdir)
+                    try:
+                        if not srv.wait_ready():
+                            srv.stop()
+                            skipped[name] = "did not start (%s)" % (srv.stderr_tail(3).replace("\n", " | ")[-300:]
+                                                                    or "no output")
+                            log("  SKIP %s: %s" % (name, skipped[name]))
+                            continue
+                        if name == "fastws" and srv.info.get("extension") is False:
+                            srv.stop()
+                            skipped[name] = "the compiled extension is not in use (fastws.USING_EXTENSION is False)"
+                            log("  SKIP %s: %s" % (name, skipped[name]))
+                            continue
+                        infos[name] = srv.info
+                        res = run_one(loadgen, srv, case, warmup, duration)
+                    finally:
+                        srv.stop()
+                    results.setdefault((name, case.name), []).append(res)
+                    extra = ""
+                    if case.mode == "idle":
+                        extra = " open=%s KiB/conn=%s" % (res.get("open"), res.get("kib_per_conn"))
+                    log("  %-26s %-10s rep %d: %10s msgs/s  %10s msgs/CPU-s  srv CPU %5ss  lg CPU %5ss  other %5ss  err %s%s%s" % (
+                        case.name, name, rep + 1, fmt(res.get("msgs_per_s")), fmt(res.get("msgs_per_cpu_s")),
+                        res.get("server_cpu_s"), res.get("loadgen_cpu_s"), res.get("other_cpu_s"), res.get("errors"), extra,
+                        ("  notes: " + " | ".join(res["notes"][:3])) if res.get("notes") else ""))
+    log("measured in %.1fs" % (time.monotonic() - t0))
+
+    rows = []
+    for case in cases:
+        for name in servers:
+            if (name, case.name) in results:
+                rows.append(summarize(name, case, results[(name, case.name)], infos.get(name, {})))
+    add_ratios(rows)
+    md = markdown(rows, meta, skipped)
+    print()
+    print(md)
+
+    bottleneck = [r for r in rows if r.get("loadgen_cpu_frac") and r["loadgen_cpu_frac"] > 0.9]
+    for r in bottleneck:
+        log("WARNING: loadgen used %d%% CPU in %s/%s: it may be the bottleneck" % (
+            100 * r["loadgen_cpu_frac"], r["case"], r["server"]))
+
+    if not args.no_save:
+        os.makedirs(RESULTS, exist_ok=True)
+        common = {k: meta[k] for k in ("run_id", "date", "commit", "python", "cpu", "ncpu", "quick", "reps",
+                                        "warmup", "duration")}
+        with open(os.path.join(RESULTS, "runs.jsonl"), "a") as f:
+            for r in rows:
+                f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
+        if not args.quick and not args.cases and not args.servers:
+            with open(os.path.join(RESULTS, "history.jsonl"), "a") as f:
+                for r in rows:
+                    if r["server"] in ("fastws", "fastws-py", "picows"):
+                        f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
+        with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+            json.dump({"meta": meta, "rows": rows, "skipped": skipped}, f, indent=1, sort_keys=True)
+        r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        log(r.stdout.strip() or "charts written")
+        log("results in %s" % RESULTS)
+    errors = sum(r["errors"] for r in rows)
+    if errors:
+        log("%d error(s) reported by the load generator (see notes above)" % errors)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

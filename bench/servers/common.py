@@ -1,0 +1,51 @@
+"""Shared bits of the benchmark echo servers: argument parsing, event loop
+selection and the start-up lines the runner waits for.
+
+Protocol with bench/run.py (stdout, one line each, flushed):
+    INFO {"library": ..., "version": ..., "loop": ..., ...}
+    PORT <n>          printed once the socket is listening
+"""
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+
+MAX_SIZE = 32 * 1024 * 1024  # message size limit used by every server (>= 16 MiB payloads)
+
+
+def parse_args(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed as 'PORT <n>')")
+    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
+    return p.parse_args()
+
+
+def install_loop(args):
+    """Return the name of the event loop in use (uvloop unless disabled/missing)."""
+    if args.no_uvloop:
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop " + uvloop.__version__
+
+
+def lib_version(dist):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return "unknown"
+
+
+def announce(port, **info):
+    info.setdefault("python", platform.python_version())
+    info.setdefault("pid", os.getpid())
+    sys.stdout.write("INFO " + json.dumps(info) + "\n")
+    sys.stdout.write("PORT %d\n" % port)
+    sys.stdout.flush()

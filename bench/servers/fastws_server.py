@@ -1,0 +1,51 @@
+"""fastws echo / fan-out server (low-level Listener API, on uvloop).
+
+The same script benchmarks both implementations: FASTWS_EXTENSION=1 (compiled
+hot path) or FASTWS_EXTENSION=0 (pure Python), read by fastws at import time.
+"""
+import asyncio
+
+from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
+
+import fastws
+
+fanout_members = set()
+
+
+class Handler(fastws.Listener):
+    """Echo on any path, broadcast on /fanout (chosen once, at connect time)."""
+
+    fanout = False
+
+    def on_connect(self, conn):
+        if conn.request.path == "/fanout":
+            self.fanout = True
+            fanout_members.add(conn)
+
+    def on_message(self, conn, data, is_text):
+        if self.fanout:
+            # the library's broadcast encodes the frame once for every receiver
+            fastws.broadcast(fanout_members, data.decode() if is_text else data)
+        else:
+            conn.send(data, text=is_text)
+
+    def on_close(self, conn, code, reason):
+        if self.fanout:
+            fanout_members.discard(conn)
+
+
+async def main(args, loop_name):
+    server = await fastws.create_server(Handler, args.host, args.port, max_size=MAX_SIZE)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, library="fastws", version=lib_version("fastws"), loop=loop_name,
+             extension=bool(getattr(fastws, "USING_EXTENSION", False)))
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    args = parse_args(__doc__)
+    loop_name = install_loop(args)
+    try:
+        asyncio.run(main(args, loop_name))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,76 @@
+"""picows echo / fan-out server (low-level WSListener API on uvloop).
+
+picows uses aiofastnet for its transports by default when it is installed;
+the INFO line records whether it is.
+"""
+import asyncio
+
+import picows
+from picows import WSListener, WSMsgType, ws_create_server
+
+from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
+
+try:
+    import aiofastnet  # noqa: F401
+    HAS_AIOFASTNET = True
+except ImportError:
+    HAS_AIOFASTNET = False
+
+fanout_members = set()
+
+
+class Echo(WSListener):
+    def on_ws_frame(self, transport, frame):
+        t = frame.msg_type
+        if t is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            return
+        # loadgen frames are never fragmented: echo frame by frame, keeping FIN
+        if t is WSMsgType.BINARY or t is WSMsgType.TEXT or t is WSMsgType.CONTINUATION:
+            transport.send(t, frame.get_payload_as_memoryview(), frame.fin)
+
+
+class Fanout(WSListener):
+    def on_ws_connected(self, transport):
+        fanout_members.add(transport)
+
+    def on_ws_disconnected(self, transport):
+        fanout_members.discard(transport)
+
+    def on_ws_frame(self, transport, frame):
+        t = frame.msg_type
+        if t is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            return
+        if t is WSMsgType.BINARY or t is WSMsgType.TEXT:
+            # picows has no pre-encoded broadcast frame: loop over the transports
+            payload = frame.get_payload_as_bytes()
+            for tr in fanout_members:
+                tr.send(t, payload)
+
+
+def listener_factory(request):
+    if request.path == b"/fanout":  # picows keeps the path as bytes
+        return Fanout()
+    return Echo()
+
+
+async def main(args, loop_name):
+    server = await ws_create_server(listener_factory, args.host, args.port,
+                                    max_frame_size=MAX_SIZE, enable_auto_ping=False)
+    port = server.sockets[0].getsockname()[1]
+    announce(port, library="picows", version=lib_version("picows"), loop=loop_name,
+             aiofastnet=HAS_AIOFASTNET,
+             aiofastnet_version=lib_version("aiofastnet") if HAS_AIOFASTNET else None)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    args = parse_args(__doc__)
+    loop_name = install_loop(args)
+    try:
+        asyncio.run(main(args, loop_name))
+    except KeyboardInterrupt:
+        pass

@@ -79,6 +79,7 @@ class Connection(_accel.ProtocolCore):
         max_fragments: int | None = None,
         close_timeout: float | None = 10.0,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        server: Any = None,
     ) -> None:
         super().__init__(client, max_size=max_size, max_fragments=max_fragments, extension=extension)
         self.transport = transport
@@ -86,6 +87,7 @@ class Connection(_accel.ProtocolCore):
         self.request = request
         self.response = response
         self.subprotocol = subprotocol
+        self.server = server  # the fastws.Server that accepted it (None on the client side)
         self.close_timeout = close_timeout
         self.remote_address = transport.get_extra_info("peername")
         self.logger = logger or logging.getLogger("fastws.client" if client else "fastws.server")

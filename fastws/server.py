@@ -124,6 +124,7 @@ class _HandshakeProtocol(asyncio.Protocol):
             max_fragments=options.max_fragments,
             close_timeout=options.close_timeout,
             logger=logger,
+            server=server,
         )
         transport.write(answer)
         transport.set_protocol(conn)

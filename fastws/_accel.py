@@ -17,6 +17,7 @@ __all__ = [
     "ProtocolCore",
     "encode_frame",
     "frame_header",
+    "broadcast",
     "OPEN",
     "CLOSING",
     "CLOSED",
@@ -50,4 +51,5 @@ Utf8Validator = _impl.Utf8Validator
 ProtocolCore = _impl.ProtocolCore
 encode_frame = _impl.encode_frame
 frame_header = _impl.frame_header
+broadcast = _impl.broadcast
 OPEN, CLOSING, CLOSED = _impl.OPEN, _impl.CLOSING, _impl.CLOSED

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, connection_closed
 from .frames import build_close_payload, check_close_code_to_send, parse_close_payload
 
-__all__ = ["apply_mask", "Utf8Validator", "ProtocolCore", "encode_frame", "frame_header", "IMPLEMENTATION"]
+__all__ = ["apply_mask", "Utf8Validator", "ProtocolCore", "encode_frame", "frame_header", "broadcast", "IMPLEMENTATION"]
 
 IMPLEMENTATION = "python"
 
@@ -396,6 +396,28 @@ class ProtocolCore:
     def closed_error(self) -> ConnectionClosed:
         """The exception that tells why this connection can no longer be used."""
         return connection_closed(self.close_code or 1006, self.close_reason)
+
+
+def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
+    """Send one message to many connections; returns how many were open.
+
+    The frame is encoded once and the same bytes object is written to every
+    plain server connection; client connections (which mask each frame) and
+    compressed ones get their own frame.
+    """
+    frame = None
+    sent = 0
+    for conn in connections:
+        if conn.state != OPEN:
+            continue
+        if conn.client or conn.extension is not None:
+            conn.send_frame(opcode, payload)
+        else:
+            if frame is None:
+                frame = encode_frame(opcode, payload)
+            conn._write(frame)
+        sent += 1
+    return sent
 
 
 def _discard(data: bytes) -> None:

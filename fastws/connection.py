@@ -164,25 +164,14 @@ class Connection(_accel.ProtocolCore):
 
 
 def broadcast(connections: Iterable[Connection], message: str | bytes) -> int:
-    """Send ``message`` to every open server-side connection; returns how many got it.
+    """Send ``message`` to every open connection; returns how many got it.
 
     The frame is encoded once and the same bytes object is written to each
-    transport. Closed connections and client connections (which must mask
-    each frame differently) are skipped.
+    server-side transport (see ``ProtocolCore`` twins' ``broadcast``).
     """
     if isinstance(message, str):
-        frame = _accel.encode_frame(1, message.encode())
-    else:
-        frame = _accel.encode_frame(2, message)
-    sent = 0
-    for conn in connections:
-        if conn.state == OPEN and not conn.client and conn.extension is None:
-            conn._write(frame)
-            sent += 1
-        elif conn.state == OPEN and conn.extension is not None:
-            conn.send(message)
-            sent += 1
-    return sent
+        return _accel.broadcast(connections, 1, message.encode())
+    return _accel.broadcast(connections, 2, message)
 
 
 def _addr(address: Any) -> str:

@@ -637,6 +637,30 @@ cdef class ProtocolCore:
         return connection_closed(self.close_code or 1006, self.close_reason)
 
 
+def broadcast(connections, int opcode, payload):
+    """Send one message to many connections; returns how many were open.
+
+    The frame is encoded once and the same bytes object is written to every
+    plain server connection; client connections (which mask each frame) and
+    compressed ones get their own frame.
+    """
+    cdef object frame = None
+    cdef ProtocolCore core
+    cdef Py_ssize_t sent = 0
+    for conn in connections:
+        core = <ProtocolCore?>conn
+        if core.state != OPEN:
+            continue
+        if core.client or core.extension is not None:
+            core.send_frame(opcode, payload)
+        else:
+            if frame is None:
+                frame = encode_frame(opcode, payload)
+            core._write(frame)
+        sent += 1
+    return sent
+
+
 cdef inline Py_ssize_t _header_length(uint8_t b1):
     cdef Py_ssize_t n = 2
     cdef uint8_t length = b1 & 0x7F

@@ -120,27 +120,6 @@ static int ascii_word_pair(const uint8_t *p)
     return ((a | b) & UINT64_C(0x8080808080808080)) == 0;
 }
 
-/* 1 if the n < 64 bytes at p are all ASCII (word-wise; overlapping words
-   are fine for an OR).  Lets the vector validators skip their padded path
-   for the common short ASCII message. */
-static int ascii_short(const uint8_t *p, size_t n)
-{
-    uint64_t acc = 0, w;
-
-    if (n < 8) {
-        for (size_t i = 0; i < n; i++)
-            acc |= p[i];
-        return acc < 0x80;
-    }
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        memcpy(&w, p + i, 8);
-        acc |= w;
-    }
-    memcpy(&w, p + n - 8, 8);
-    acc |= w;
-    return (acc & UINT64_C(0x8080808080808080)) == 0;
-}
-
 /* Complete validation, one character at a time with an ASCII skip. */
 static int utf8_valid_scalar(const uint8_t *p, size_t n)
 {
@@ -185,8 +164,9 @@ static uint32_t key_at_phase(uint32_t k, size_t phase)
 /*
  * Masking strategy shared by the SSE2 and AVX2 versions (len >= vector width W):
  * the first and the last W bytes are computed up front from the original
- * source, the middle is done with stores aligned on dst, and the two edge
- * vectors are stored last.  Edge and middle stores may overlap, but every
+ * source, the middle is done with stores aligned on dst, and the edge
+ * vectors are stored last where the middle did not reach.  Edge and middle
+ * stores may overlap, but every
  * value is derived from unmodified source bytes, so this is also correct in
  * place, and it avoids both a byte loop and split stores.
  */
@@ -259,6 +239,27 @@ static void mask_avx2(uint8_t *dst, const uint8_t *src, size_t len, const uint8_
         _mm256_storeu_si256((__m256i *)dst, head);
     if (i < len)
         _mm256_storeu_si256((__m256i *)(dst + last), tail);
+}
+
+/* 1 if the n < 64 bytes at p are all ASCII (word-wise; overlapping words
+   are fine for an OR).  Lets the vector validators skip their padded path
+   for the common short ASCII message. */
+static int ascii_short(const uint8_t *p, size_t n)
+{
+    uint64_t acc = 0, w;
+
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++)
+            acc |= p[i];
+        return acc < 0x80;
+    }
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        acc |= w;
+    }
+    memcpy(&w, p + n - 8, 8);
+    acc |= w;
+    return (acc & UINT64_C(0x8080808080808080)) == 0;
 }
 
 /*

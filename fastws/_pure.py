@@ -14,7 +14,7 @@ import struct
 from typing import Any, Callable
 
 from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, connection_closed
-from .frames import build_close_payload, check_close_code_to_send, parse_close_payload
+from .frames import build_close_payload, check_close_code_to_send, parse_close_payload, truncate_reason
 
 __all__ = ["apply_mask", "Utf8Validator", "ProtocolCore", "encode_frame", "frame_header", "broadcast", "IMPLEMENTATION"]
 
@@ -26,6 +26,15 @@ OPEN, CLOSING, CLOSED = 1, 2, 3
 # Payloads at least this large are written apart from their header instead of
 # being copied into one buffer with it.
 _WRITE_SEPARATELY = 16384
+
+
+def compressed_frame_limit(max_size: int) -> int:
+    """The largest compressed frame buffered before inflating it.
+
+    Deflate can expand incompressible data a little (stored blocks), so allow
+    max_size plus 1/8 plus 1 KiB: well above zlib's worst case, still bounded.
+    """
+    return max_size + (max_size >> 3) + 1024
 
 
 def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
@@ -58,6 +67,12 @@ class Utf8Validator:
                 self._decoder.decode(chunk, final)
             except UnicodeDecodeError:
                 self._ok = False
+            else:
+                # CPython keeps a cut surrogate prefix (ED A0..BF) pending instead of
+                # failing; no valid text starts so, and the compiled twin fails here.
+                pending = self._decoder.getstate()[0]
+                if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+                    self._ok = False
         return self._ok
 
     def reset(self) -> None:
@@ -88,6 +103,10 @@ _mask_keys = _MaskKeys()
 
 def frame_header(opcode: int, length: int, fin: bool = True, rsv1: bool = False, masked: bool = False) -> bytes:
     """The 2 to 10 header bytes of a frame, without the mask key."""
+    if not 0 <= opcode <= 15 or length < 0:
+        raise ValueError("opcode must be 0..15 and length not negative")
+    if length >> 63:
+        raise OverflowError("payload length does not fit in 63 bits")
     b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     mbit = 0x80 if masked else 0
     if length < 126:
@@ -136,8 +155,13 @@ class ProtocolCore:
         self.close_sent = False
         self.close_received = False
         self.failure: ProtocolError | None = None
+        # Set on every receive; keepalive clears it and reads it back (any data is liveness).
+        self.received_data = False
         self._write: Callable[[bytes], Any] = _discard
         self._on_message: Callable[[Any, bytes, bool], Any] = _discard_message
+        # Header and large payload in one call (one writev on uvloop); the
+        # asyncio layer points it at transport.writelines.
+        self._writelines: Callable[[Any], Any] = self._write_each
         self._buffer = bytearray()
         # The message being assembled (opcode None: no message in progress).
         self._msg_opcode: int | None = None
@@ -175,6 +199,7 @@ class ProtocolCore:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer: every complete message is handed out at once."""
+        self.received_data = True
         if self.failure is not None or self.close_received or self.state == CLOSED:
             return  # nothing after a close frame or a failure is read
         self._buffer += data
@@ -289,6 +314,8 @@ class ProtocolCore:
                 self._msg_size += length
                 if self.max_size is not None and self._msg_size > self.max_size:
                     raise PayloadTooBig(f"message larger than max_size ({self.max_size} bytes)")
+            elif self.max_size is not None and length > compressed_frame_limit(self.max_size):
+                raise PayloadTooBig(f"compressed frame larger than max_size ({self.max_size} bytes)")
         key = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked else b""
         return fin, opcode, rsv1, hlen, length, key
 
@@ -350,10 +377,13 @@ class ProtocolCore:
         if ext is not None and opcode < 8:
             payload, rsv1 = ext.encode(opcode, payload, fin)
         if not self.client and len(payload) >= _WRITE_SEPARATELY:
-            self._write(frame_header(opcode, len(payload), fin, rsv1))
-            self._write(payload)
+            self._writelines((frame_header(opcode, len(payload), fin, rsv1), payload))
         else:
             self._write(encode_frame(opcode, payload, fin, rsv1, self.client))
+
+    def _write_each(self, parts: Any) -> None:
+        for part in parts:
+            self._write(part)
 
     def ping(self, payload: bytes = b"") -> None:
         if len(payload) > 125:
@@ -381,7 +411,7 @@ class ProtocolCore:
         if self.failure is None:
             self.failure = exc
         if self.state == OPEN:
-            self._send_close(exc.code, str(exc).encode()[:123])
+            self._send_close(exc.code, truncate_reason(str(exc)))
         if self.close_code is None:
             self.close_code = exc.code
             self.close_reason = str(exc)

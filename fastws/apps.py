@@ -15,22 +15,17 @@ class EchoListener(Listener):
 
 
 class ChatListener(Listener):
-    """A connection to path ``/ROOM`` joins room ROOM; each message goes to everyone in it, sender included."""
+    """A connection to path ``/ROOM`` joins room ROOM; each message goes to everyone in it, sender included.
 
-    rooms: dict[str, set[Connection]] = {}
+    A room is a pub/sub topic of the server, so servers sharing a broker
+    (``--broker redis://...``) form one chat.
+    """
+
+    room = ""
 
     def on_connect(self, conn: Connection) -> None:
         self.room = conn.request.path.split("?", 1)[0].lstrip("/")
-        self.rooms.setdefault(self.room, set()).add(conn)
+        conn.subscribe(self.room)
 
     def on_message(self, conn: Connection, data: bytes, is_text: bool) -> None:
-        for member in list(self.rooms.get(self.room, ())):
-            if member.state == 1:
-                member.send(data, is_text)
-
-    def on_close(self, conn: Connection, code: int, reason: str) -> None:
-        members = self.rooms.get(self.room)
-        if members is not None:
-            members.discard(conn)
-            if not members:
-                del self.rooms[self.room]
+        conn.server.publish(self.room, data, is_text)

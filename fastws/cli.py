@@ -1,21 +1,43 @@
-"""The ``fastws`` command: ``fastws serve`` runs a server, ``fastws --version`` says what is in use."""
+"""The ``fastws`` command.
+
+``fastws serve [APP]`` runs a server (one process, or ``--workers N`` supervised
+processes sharing the port), which also answers plain HTTP: ``GET /`` the
+browser client page, ``GET /healthz`` 200. ``fastws connect URL`` is an
+interactive client. ``fastws --version`` says which hot path and loop are in use.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import importlib
 import logging
+import os
 import signal
+import ssl as ssl_module
 import sys
-from typing import Sequence
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from ._accel import IMPLEMENTATION, KERNEL_ISA, USING_EXTENSION
-from .apps import EchoListener
-from .loop import event_loop_name, run
-from .server import create_server
+from .client import connect
+from .connection import Listener
+from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from .http import PageAndHealth, answer_other_methods
+from .loop import event_loop_name, run, uvloop
+from .pubsub import make_broker
+from .server import Server, create_server, serve
+from .workers import Supervisor, WorkerStartError
 
 logger = logging.getLogger("fastws.cli")
+
+BUILTIN_APPS = {"echo": "fastws.apps:EchoListener", "chat": "fastws.apps:ChatListener"}
+WORKER_HEADER = "Fastws-Worker"  # names the process that served a request when there are several
+LOOP_CHOICES = {"auto": None, "uvloop": True, "asyncio": False}  # --loop: use_uvloop for fastws.run
+PARENT_CHECK_INTERVAL = 1.0  # a worker whose supervisor vanished stops within this many seconds
 
 
 def version_text() -> str:
@@ -26,52 +48,356 @@ def version_text() -> str:
     return f"fastws {__version__}\nhot path: {path}\nevent loop: {event_loop_name()}\npython: {sys.version.split()[0]}"
 
 
-class _UsageError(Exception):
-    """A bad argument: one line on stderr and exit code 2."""
+class UsageError(Exception):
+    """A bad argument: one line on stderr and exit status 2."""
 
 
-async def _serve(args: argparse.Namespace) -> None:
+# -- serve: configuration ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class App:
+    """What ``fastws serve`` runs: a ``Listener`` subclass or a handler coroutine function."""
+
+    name: str
+    target: Any
+
+    @property
+    def is_listener(self) -> bool:
+        return isinstance(self.target, type) and issubclass(self.target, Listener)
+
+
+def load_app(spec: str) -> App:
+    """``echo``, ``chat`` or ``module:attribute`` (imported from the current directory too, like uvicorn)."""
+    path = BUILTIN_APPS.get(spec, spec)
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"unknown app {spec!r}: use echo, chat or module:callable")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        server = await create_server(EchoListener, args.host, args.port, max_size=args.max_size)
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # the app's own imports failed: the traceback helps
+        raise UsageError(f"cannot import module {module_name!r} for app {spec!r}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    app = App(spec, target)
+    if not app.is_listener and (isinstance(target, type) or not callable(target)):
+        raise UsageError(f"app {spec!r} is neither a handler coroutine function nor a fastws.Listener subclass")
+    return app
+
+
+def make_ssl_context(certfile: str | None, keyfile: str | None) -> ssl_module.SSLContext | None:
+    if keyfile and not certfile:
+        raise UsageError("--ssl-keyfile needs --ssl-certfile")
+    if not certfile:
+        return None
+    for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path and not os.path.isfile(path):
+            raise UsageError(f"{option}: no such file: {path}")
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (ssl_module.SSLError, OSError) as exc:
+        raise UsageError(f"cannot load the certificate {certfile} (key {keyfile or 'in the same file'}): {exc}") from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    app: App
+    host: str
+    port: int
+    workers: int
+    ssl: ssl_module.SSLContext | None
+    use_uvloop: bool | None
+    options: dict[str, Any] = field(default_factory=dict)  # passed to create_server / serve
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.ssl is not None else "ws"
+
+
+def loop_choice(name: str) -> bool | None:
+    """``--loop`` as ``use_uvloop`` for ``fastws.run``."""
+    if name == "uvloop" and uvloop is None:
+        raise UsageError("--loop uvloop: uvloop is not installed")
+    return LOOP_CHOICES[name]
+
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """Check the arguments of ``serve``; UsageError for a bad one."""
+    options: dict[str, Any] = {"max_size": args.max_size or None}
+    # Library defaults stand unless the option is given.
+    if args.compression is not None:
+        options["compression"] = None if args.compression == "off" else "deflate"
+    if args.ping_interval is not None:
+        options["ping_interval"] = args.ping_interval or None
+    if args.ping_timeout is not None:
+        options["ping_timeout"] = args.ping_timeout or None
+    if args.broker is not None:
+        try:
+            make_broker(args.broker)  # checks the URL and that redis-py is installed; each process connects its own
+        except (ValueError, ImportError) as exc:
+            raise UsageError(f"--broker: {exc}") from None
+        options["broker"] = args.broker
+    return ServeConfig(
+        app=load_app(args.app),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        ssl=make_ssl_context(args.ssl_certfile, args.ssl_keyfile),
+        use_uvloop=loop_choice(args.loop),
+        options=options,
+    )
+
+
+# -- serve: running ------------------------------------------------------------------------
+
+
+async def start_server(config: ServeConfig, port: int, *, reuse_port: bool = False, extra_headers: Sequence[tuple[str, str]] = ()) -> Server:
+    """The app's server on ``port``, answering plain HTTP too (the page, /healthz)."""
+    options = dict(config.options, process_request=PageAndHealth(extra_headers), ssl=config.ssl)
+    if reuse_port:
+        options["reuse_port"] = True
+    if extra_headers:
+        options["extra_headers"] = list(extra_headers)
+    try:
+        if config.app.is_listener:
+            server = await create_server(config.app.target, config.host, port, **options)
+        else:
+            server = await serve(config.app.target, config.host, port, **options)
     except OSError as exc:
-        raise _UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
+    answer_other_methods(server)
+    return server
+
+
+async def run_server(
+    config: ServeConfig,
+    port: int,
+    on_listening: Callable[[Server], None],
+    *,
+    worker: bool = False,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then close every connection with 1001.
+
+    A ``worker`` listens with SO_REUSEPORT, names itself in a response header and
+    stops when its supervisor is gone.
+    """
+    extra_headers = [(WORKER_HEADER, str(os.getpid()))] if worker else []
+    server = await start_server(config, port, reuse_port=worker, extra_headers=extra_headers)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    for sock in server.sockets:
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"fastws {__version__} serving echo on ws://{shown}:{port}/ ({'compiled' if USING_EXTENSION else 'pure Python'}, {event_loop_name(loop)})", flush=True)
+        loop.add_signal_handler(sig, request_stop)
+    if worker:
+        parent = os.getppid()
+
+        def check_parent() -> None:
+            if os.getppid() != parent:
+                logger.warning("the supervisor is gone; stopping")
+                request_stop()
+            else:
+                loop.call_later(PARENT_CHECK_INTERVAL, check_parent)
+
+        loop.call_later(PARENT_CHECK_INTERVAL, check_parent)
+    on_listening(server)
     await stop
     logger.info("shutting down: closing %d connections with 1001", len(server.connections))
     server.close(1001, "server shutting down")
     await server.wait_closed()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def listening_urls(server: Server, scheme: str) -> list[str]:
+    urls = []
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        urls.append(f"{scheme}://{shown}:{port}/")
+    return urls
+
+
+def announce(config: ServeConfig, urls: list[str], loop_name: str) -> None:
+    """The startup lines: where, how many workers, which hot path and loop."""
+    workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
+    hot_path = "compiled extension" if USING_EXTENSION else "pure Python"
+    print(f"fastws {__version__} serving {config.app.name} on {' and '.join(urls)} ({workers}, {hot_path}, {loop_name})", flush=True)
+    page = urls[0].replace("ws", "http", 1)
+    print(f"browser client at {page} , health check at {page}healthz", flush=True)
+
+
+def serve_single(config: ServeConfig) -> int:
+    def listening(server: Server) -> None:
+        announce(config, listening_urls(server, config.scheme), event_loop_name())
+
+    run(run_server(config, config.port, listening), use_uvloop=config.use_uvloop)
+    return 0
+
+
+def worker_main(config: ServeConfig, port: int, report: Callable[[Any], None]) -> int:
+    """One worker process of ``serve --workers N``."""
+
+    def listening(server: Server) -> None:
+        report(("ready", {"urls": listening_urls(server, config.scheme), "loop": event_loop_name()}))
+
+    try:
+        run(run_server(config, port, listening, worker=True), use_uvloop=config.use_uvloop)
+    except UsageError as exc:
+        report(("error", str(exc)))
+        return 2
+    return 0
+
+
+def serve_workers(config: ServeConfig) -> int:
+    def started(port: int, infos: list[dict[str, Any]]) -> None:
+        announce(config, infos[0]["urls"], infos[0]["loop"])
+
+    try:
+        supervisor = Supervisor(functools.partial(worker_main, config), config.workers)
+        return supervisor.run(config.host, config.port, started)
+    except WorkerStartError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# -- connect -------------------------------------------------------------------------------
+
+
+def render(message: str | bytes) -> str:
+    if isinstance(message, str):
+        return message
+    shown = message[:64].hex(" ")
+    return f"(binary, {len(message)} bytes) {shown}{' …' if len(message) > 64 else ''}"
+
+
+def read_lines(loop: asyncio.AbstractEventLoop, lines: "asyncio.Queue[str | None]") -> None:
+    """In a daemon thread (stdin may be a terminal, a pipe or a file): each line, then None at EOF."""
+    try:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+    except RuntimeError:  # the loop is closed: the client is done
+        pass
+
+
+async def interactive_client(uri: str, max_size: int | None) -> int:
+    try:
+        ws = await connect(uri, max_size=max_size)
+    except InvalidURI as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        print(f"fastws: cannot connect to {uri}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(f"connected to {uri}; type a line to send it, end with Ctrl-D", flush=True)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: loop.create_task(ws.close()))
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    threading.Thread(target=read_lines, args=(loop, lines), daemon=True, name="fastws-stdin").start()
+
+    async def send_lines() -> None:
+        while (line := await lines.get()) is not None:
+            await ws.send(line)
+        await ws.close()
+
+    sender = asyncio.create_task(send_lines())
+    try:
+        async for message in ws:
+            print(f"< {render(message)}", flush=True)
+    except ConnectionClosed:
+        pass
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    print(f"connection closed: {ws.close_code} {ws.close_reason or ''}".rstrip(), flush=True)
+    return 0 if ws.close_code in (1000, 1001) else 1
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
+def non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastws", description="A fast WebSocket server and client.")
     parser.add_argument("--version", action="store_true", help="print the version, the hot path in use and the event loop")
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the echo server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
-    serve.add_argument("--max-size", type=int, default=2**20, help="largest message in bytes (default 1 MiB)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    serve_parser = sub.add_parser("serve", help="run a server", description="Run a WebSocket server; it also answers GET / (a browser client) and GET /healthz.")
+    serve_parser.add_argument("app", nargs="?", default="echo", help="echo (default), chat (path /ROOM joins room ROOM), or module:callable (a handler coroutine or a fastws.Listener subclass)")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_parser.add_argument("--port", type=port_number, default=8765, help="port to listen on; 0 picks a free one (default 8765)")
+    serve_parser.add_argument("--workers", type=positive_int, default=1, help="processes sharing the port with SO_REUSEPORT, restarted if they die (default 1)")
+    serve_parser.add_argument("--ssl-certfile", help="certificate chain (PEM): serve wss://")
+    serve_parser.add_argument("--ssl-keyfile", help="private key (PEM), if not in the certificate file")
+    serve_parser.add_argument("--compression", choices=["off", "deflate"], help="permessage-deflate (default: the library's)")
+    serve_parser.add_argument("--max-size", type=non_negative(int), default=2**20, help="largest message in bytes, 0 for no limit (default 1 MiB)")
+    serve_parser.add_argument("--ping-interval", type=non_negative(float), help="seconds between keepalive pings, 0 for none (default: the library's)")
+    serve_parser.add_argument("--ping-timeout", type=non_negative(float), help="seconds to wait for a pong before closing, 0 for no limit (default: the library's)")
+    serve_parser.add_argument("--broker", metavar="URL", help="share pub/sub topics (chat rooms) with every server on this broker: redis://host:port/db (default: in-process)")
+    serve_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
+    serve_parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+    connect_parser = sub.add_parser("connect", help="an interactive client: lines typed are sent, messages received are printed")
+    connect_parser.add_argument("url", help="ws:// or wss:// URL")
+    connect_parser.add_argument("--max-size", type=non_negative(int), default=2**20, help="largest message in bytes, 0 for no limit (default 1 MiB)")
+    connect_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
         print(version_text())
         return 0
-    if args.command != "serve":
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run(_serve(args))
-    except _UsageError as exc:
+        if args.command == "serve":
+            config = serve_config(args)
+            log_format = "%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if config.workers > 1 else "") + ": %(message)s"
+            logging.basicConfig(level=args.log_level.upper(), format=log_format)
+            return serve_single(config) if config.workers == 1 else serve_workers(config)
+        if args.command == "connect":
+            return run(interactive_client(args.url, args.max_size or None), use_uvloop=loop_choice(args.loop))
+    except UsageError as exc:
         print(f"fastws: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    parser.print_help()
+    return 2
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl as ssl_module
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from . import __version__
-from .connection import Connection, Listener
+from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener
 from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI
+from .extensions.permessage_deflate import CompressionOption, client_extension
 from .handshake import ClientHandshake, Request
 from .websocket import WebSocket
 
@@ -92,12 +94,22 @@ async def create_connection(
     extra_headers: Sequence[tuple[str, str]] = (),
     user_agent: str | None = f"fastws/{__version__}",
     max_size: int | None = 2**20,
-    max_fragments: int | None = None,
+    max_fragments: int | None = MAX_FRAGMENTS,
     open_timeout: float | None = 10.0,
     close_timeout: float | None = 10.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    write_limit: int | tuple[int, int | None] = WRITE_LIMIT,
+    compression: CompressionOption = None,
     sock: Any = None,
 ) -> Connection:
-    """Connect to ``uri`` and return the open Connection driving a new ``Listener``."""
+    """Connect to ``uri`` and return the open Connection driving a new ``Listener``.
+
+    ``compression="deflate"`` offers permessage-deflate (see ``fastws.extensions.Deflate``);
+    ``ping_interval``/``ping_timeout`` run keepalive (None disables it); ``write_limit``
+    is the write buffer's high-water mark (or ``(high, low)``).
+    """
+    deflate = client_extension(compression)
     target = parse_uri(uri)
     if target.secure and ssl is None:
         ssl = True
@@ -114,6 +126,7 @@ async def create_connection(
         origin=origin,
         extra_headers=extra_headers,
         user_agent=user_agent,
+        extension_offer=deflate.offer if deflate is not None else None,
     )
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[Any, bytes]] = loop.create_future()
@@ -126,15 +139,17 @@ async def create_connection(
     else:
         host, port = target.host, target.port
 
-    async def open_connection() -> tuple[asyncio.Transport, tuple[Any, bytes]]:
+    async def open_connection() -> tuple[asyncio.Transport, tuple[Any, bytes], Any]:
         transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(handshake, done), host, port, **kwargs)
         try:
-            return transport, await done  # type: ignore[return-value]
+            response, rest = await done
+            agreed = deflate.accept(response.headers.get_all("Sec-WebSocket-Extensions")) if deflate else None
+            return transport, (response, rest), agreed  # type: ignore[return-value]
         except BaseException:
             transport.abort()
             raise
 
-    transport, (response, rest) = await asyncio.wait_for(open_connection(), open_timeout)
+    transport, (response, rest), extension = await asyncio.wait_for(open_connection(), open_timeout)
     listener = listener_factory()
     request = Request("GET", target.path, handshake.headers)
     conn = Connection(
@@ -144,9 +159,13 @@ async def create_connection(
         request=request,
         response=response,
         subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
+        extension=extension,
         max_size=max_size,
         max_fragments=max_fragments,
         close_timeout=close_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_limit=write_limit,
         logger=logger,
     )
     transport.set_protocol(conn)
@@ -160,13 +179,33 @@ async def create_connection(
 class connect:
     """Open a connection: ``async with fastws.connect(uri) as ws`` or ``ws = await fastws.connect(uri)``.
 
+    ``async for ws in fastws.connect(uri)`` reconnects: it yields a new connection
+    each time the loop body ends (catch ``ConnectionClosed`` and ``continue``),
+    waiting between attempts with exponential backoff (``backoff_initial`` seconds,
+    times ``backoff_factor`` per failure, at most ``backoff_max``) and jitter. It
+    stops after a close with 1008 (policy violation), and raises a refusal that
+    retrying cannot fix: a 4xx answer other than 429, a bad URI, an untrusted
+    certificate.
+
     Accepts the options of ``create_connection`` plus ``max_queue``.
     """
 
-    def __init__(self, uri: str, *, max_queue: int | None = 16, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        max_queue: int | None = 16,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        backoff_factor: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 < backoff_initial <= backoff_max or backoff_factor < 1:
+            raise ValueError("need 0 < backoff_initial <= backoff_max and backoff_factor >= 1")
         self.uri = uri
         self._max_queue = max_queue
         self._kwargs = kwargs
+        self._backoff = (backoff_initial, backoff_max, backoff_factor)
         self.ws: WebSocket | None = None
 
     async def _open(self) -> WebSocket:
@@ -186,3 +225,41 @@ class connect:
     async def __aexit__(self, *exc_info: Any) -> None:
         assert self.ws is not None
         await self.ws.close()
+
+    def __aiter__(self) -> AsyncIterator[WebSocket]:
+        return self._reconnecting()
+
+    async def _reconnecting(self) -> AsyncIterator[WebSocket]:
+        initial, maximum, factor = self._backoff
+        ceiling = initial  # of the next wait
+        while True:
+            try:
+                ws = await self._open()
+            except Exception as exc:
+                if not _worth_retrying(exc):
+                    raise
+                delay = ceiling * random.uniform(0.5, 1.0)  # jitter spreads the clients of a restarted server
+                ceiling = min(maximum, ceiling * factor)
+                logger.info("connecting to %s failed: %s; retrying in %.2f s", self.uri, exc or type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                continue
+            try:
+                yield ws
+            finally:
+                await ws.close()
+            if ws.close_code == 1008:
+                logger.info("%s closed with 1008 (policy violation): not reconnecting", self.uri)
+                return
+            delay = initial * random.uniform(0.5, 1.0)
+            ceiling = min(maximum, initial * factor)
+            logger.info("connection to %s closed (%s); reconnecting in %.2f s", self.uri, ws.close_code, delay)
+            await asyncio.sleep(delay)
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    """Whether another attempt may succeed: network trouble and 5xx or 429 answers, not refusals."""
+    if isinstance(exc, InvalidResponse):
+        return exc.status is None or exc.status == 429 or not 400 <= exc.status < 500
+    if isinstance(exc, (InvalidHandshake, ssl_module.SSLCertVerificationError)):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, EOFError))

@@ -13,12 +13,17 @@ import logging
 from typing import Any, Iterable
 
 from . import _accel
-from .exceptions import ProtocolError
+from .exceptions import InvalidState, ProtocolError
 from .handshake import Request, Response
 
 __all__ = ["Listener", "Connection", "broadcast", "OPEN", "CLOSING", "CLOSED"]
 
 OPEN, CLOSING, CLOSED = _accel.OPEN, _accel.CLOSING, _accel.CLOSED
+
+# Defaults of servers and clients: fragments per message (Autobahn 9.3/9.4 send
+# 65536), and the write buffer's high-water mark (the low one is a quarter).
+MAX_FRAGMENTS = 2**17
+WRITE_LIMIT = 2**16
 
 
 class Listener:
@@ -78,6 +83,9 @@ class Connection(_accel.ProtocolCore):
         max_size: int | None = 2**20,
         max_fragments: int | None = None,
         close_timeout: float | None = 10.0,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
+        write_limit: int | tuple[int, int | None] | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         server: Any = None,
     ) -> None:
@@ -94,8 +102,43 @@ class Connection(_accel.ProtocolCore):
         self.writing_paused = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._abort_handle: asyncio.TimerHandle | None = None
+        self._topics: set[str] | None = None  # pub/sub subscriptions, kept by server.pubsub
         self._write = transport.write
+        self._writelines = transport.writelines
         self._on_message = listener.on_message
+        if write_limit is not None:
+            high, low = write_limit if isinstance(write_limit, tuple) else (write_limit, None)
+            transport.set_write_buffer_limits(high=high, low=high // 4 if low is None else low)
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._keepalive_handle: asyncio.TimerHandle | None = None
+        if ping_interval is not None:
+            self._keepalive_handle = asyncio.get_running_loop().call_later(ping_interval, self._keepalive_ping)
+
+    # -- keepalive (timers, nothing per message: the cores only set received_data) --
+
+    def _keepalive_ping(self) -> None:
+        """Every ping_interval: ping, and expect some data from the peer within ping_timeout."""
+        if self.state != OPEN:
+            return
+        loop = asyncio.get_running_loop()
+        self.received_data = False
+        self.ping(b"")
+        if self.ping_timeout is None:
+            self._keepalive_handle = loop.call_later(self.ping_interval, self._keepalive_ping)  # type: ignore[arg-type]
+        else:
+            self._keepalive_handle = loop.call_later(self.ping_timeout, self._keepalive_check)
+
+    def _keepalive_check(self) -> None:
+        if self.state != OPEN:
+            return
+        if not self.received_data:
+            # Nothing at all (not even the pong) since the ping: the peer or the path is gone.
+            self._keepalive_handle = None
+            self.fail(ProtocolError("keepalive ping timeout", 1011))
+            return
+        delay = max(self.ping_interval - self.ping_timeout, 0.0)  # type: ignore[operator]
+        self._keepalive_handle = asyncio.get_running_loop().call_later(delay, self._keepalive_ping)
 
     # The transport calls these after the handshake (see handshake protocols).
     data_received = _accel.ProtocolCore.receive_data
@@ -110,6 +153,10 @@ class Connection(_accel.ProtocolCore):
         self.connection_closed()
         if self._abort_handle is not None:
             self._abort_handle.cancel()
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+        if self._topics:
+            self.server.pubsub.unsubscribe_all(self)
         if self.failure is not None:
             self.logger.info("%s: closed the connection: %s", _addr(self.remote_address), self.failure)
         try:
@@ -124,7 +171,29 @@ class Connection(_accel.ProtocolCore):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self._topics:
+            self.server.pubsub.writing_resumed(self)
         self.listener.resume_writing(self)
+
+    # -- pub/sub (see fastws.pubsub) -----------------------------------------
+
+    def subscribe(self, topic: str) -> bool:
+        """Receive what is published to ``topic`` until unsubscribed or closed; False if already subscribed."""
+        return self._pubsub().subscribe(self, topic)
+
+    def unsubscribe(self, topic: str) -> bool:
+        """Stop receiving ``topic``; False if not subscribed."""
+        return self._pubsub().unsubscribe(self, topic)
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this connection is subscribed to."""
+        return frozenset(self._topics or ())
+
+    def _pubsub(self) -> Any:
+        if self.server is None:
+            raise InvalidState("topics are a server feature: a client connection cannot subscribe")
+        return self.server.pubsub
 
     # -- core hooks ---------------------------------------------------------
 

@@ -59,6 +59,11 @@ def check_close_code_to_send(code: int, reason: str) -> bytes:
     return encoded
 
 
+def truncate_reason(reason: str) -> bytes:
+    """``reason`` encoded, cut to the 123 bytes a close frame allows without splitting a character."""
+    return reason.encode()[:MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode()
+
+
 def build_close_payload(code: int | None, reason: bytes = b"") -> bytes:
     """The payload of a close frame; ``None`` sends an empty one (no status)."""
     if code is None:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator, Sequence
 
 from . import __version__
-from .connection import OPEN, Connection, Listener, _addr
+from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr
 from .exceptions import ConnectionClosed, InvalidRequest
+from .extensions.permessage_deflate import CompressionOption, server_extension_factory
 from .handshake import HeadReader, OriginsType, Request, Response, SelectSubprotocol, ServerHandshake, http_response
+from .pubsub import Broker, PubSub, SlowSubscriberPolicy, make_broker
 from .websocket import WebSocket
 
 __all__ = ["Server", "create_server", "serve", "ProcessRequest"]
@@ -28,8 +30,11 @@ class ConnectionOptions:
     """Per-connection settings shared by every connection of a server or client."""
 
     max_size: int | None = 2**20
-    max_fragments: int | None = None
+    max_fragments: int | None = MAX_FRAGMENTS
     close_timeout: float | None = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    write_limit: int | tuple[int, int | None] = WRITE_LIMIT
 
 
 class _HandshakeProtocol(asyncio.Protocol):
@@ -123,6 +128,9 @@ class _HandshakeProtocol(asyncio.Protocol):
             max_size=options.max_size,
             max_fragments=options.max_fragments,
             close_timeout=options.close_timeout,
+            ping_interval=options.ping_interval,
+            ping_timeout=options.ping_timeout,
+            write_limit=options.write_limit,
             logger=logger,
             server=server,
         )
@@ -177,12 +185,14 @@ class Server:
         handshake: ServerHandshake,
         process_request: ProcessRequest | None = None,
         open_timeout: float | None = 10.0,
+        pubsub: PubSub | None = None,
     ) -> None:
         self.listener_factory = listener_factory
         self.options = options
         self.handshake = handshake
         self.process_request = process_request
         self.open_timeout = open_timeout
+        self.pubsub = pubsub if pubsub is not None else PubSub()  # topics: conn.subscribe(), server.publish()
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._handshakes: set[_HandshakeProtocol] = set()
@@ -202,7 +212,19 @@ class Server:
     async def _start(self, host: str | Sequence[str] | None, port: int | None, **kwargs: Any) -> None:
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
-        self._server = await loop.create_server(lambda: _HandshakeProtocol(self), host, port, **kwargs)
+        await self.pubsub.start()  # the broker first: connections may subscribe at once
+        try:
+            self._server = await loop.create_server(lambda: _HandshakeProtocol(self), host, port, **kwargs)
+        except BaseException:
+            await self.pubsub.aclose()
+            raise
+
+    def publish(self, topic: str, message: str | bytes, text: bool | None = None) -> None:
+        """Send ``message`` to every subscriber of ``topic``, in this process and through the broker.
+
+        Synchronous (callable from ``Listener.on_message``); see ``fastws.pubsub.PubSub.publish``.
+        """
+        self.pubsub.publish(topic, message, text)
 
     def _add_connection(self, conn: Connection) -> None:
         self._connections.add(conn)
@@ -219,6 +241,7 @@ class Server:
         if self._closing:
             return
         self._closing = True
+        self.pubsub.flush()  # what was published before close() goes out before the close frames
         if self._server is not None:
             self._server.close()
         for handshake in list(self._handshakes):
@@ -237,6 +260,7 @@ class Server:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.pubsub.aclose()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
 
@@ -265,25 +289,48 @@ def _build_server(
     listener_factory: Callable[[], Listener],
     *,
     max_size: int | None = 2**20,
-    max_fragments: int | None = None,
+    max_fragments: int | None = MAX_FRAGMENTS,
     close_timeout: float | None = 10.0,
     open_timeout: float | None = 10.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    write_limit: int | tuple[int, int | None] = WRITE_LIMIT,
+    compression: CompressionOption = None,
     subprotocols: Sequence[str] = (),
     select_subprotocol: SelectSubprotocol | None = None,
     origins: OriginsType = None,
     extra_headers: Sequence[tuple[str, str]] = (),
     server_header: str | None = f"fastws/{__version__}",
     process_request: ProcessRequest | None = None,
+    broker: str | Broker | None = None,
+    subscriber_buffer: int = 2**20,
+    slow_subscriber: SlowSubscriberPolicy = "drop",
 ) -> Server:
+    pubsub = PubSub(make_broker(broker), subscriber_buffer=subscriber_buffer, slow_subscriber=slow_subscriber)
     handshake = ServerHandshake(
         subprotocols=subprotocols,
         select_subprotocol=select_subprotocol,
         origins=origins,
         extra_headers=extra_headers,
         server_header=server_header,
+        extension_factory=server_extension_factory(compression),
     )
-    options = ConnectionOptions(max_size=max_size, max_fragments=max_fragments, close_timeout=close_timeout)
-    return Server(listener_factory, options=options, handshake=handshake, process_request=process_request, open_timeout=open_timeout)
+    options = ConnectionOptions(
+        max_size=max_size,
+        max_fragments=max_fragments,
+        close_timeout=close_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_limit=write_limit,
+    )
+    return Server(
+        listener_factory,
+        options=options,
+        handshake=handshake,
+        process_request=process_request,
+        open_timeout=open_timeout,
+        pubsub=pubsub,
+    )
 
 
 async def create_server(
@@ -301,7 +348,14 @@ async def create_server(
 
     Options: ``max_size`` (bytes, None for no limit), ``max_fragments``,
     ``close_timeout``, ``open_timeout``, ``subprotocols``, ``select_subprotocol``,
-    ``origins``, ``extra_headers``, ``server_header``, ``process_request``.
+    ``origins``, ``extra_headers``, ``server_header``, ``process_request``;
+    ``compression`` (``"deflate"``, a ``fastws.extensions.Deflate`` or None),
+    ``ping_interval``/``ping_timeout`` (seconds, None to disable keepalive),
+    ``write_limit`` (high-water mark of the write buffer, or ``(high, low)``);
+    pub/sub: ``broker`` (None: in-process topics; ``"redis://host:port/db"``
+    or a ``fastws.pubsub.Broker``: topics shared by every server on it),
+    ``subscriber_buffer`` (bytes of unsent output a subscriber may hold) and
+    ``slow_subscriber`` (``"drop"`` its new messages, or ``"close"`` it with 1013).
     """
     server = _build_server(listener_factory, **options)
     kwargs: dict[str, Any] = {"ssl": ssl, "backlog": backlog, "reuse_port": reuse_port}

@@ -19,6 +19,9 @@ __all__ = ["WebSocket"]
 
 Message = str | bytes
 
+# Compressed messages larger than this are sent in fragments of this size.
+COMPRESS_CHUNK = 128 * 1024
+
 
 class WebSocket(Listener):
     """A connection seen from coroutines.
@@ -38,6 +41,9 @@ class WebSocket(Listener):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pong_waiters: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
         self._loop = asyncio.get_running_loop()
+        # Serializes sends while a large compressed message goes out in fragments.
+        self._send_lock: asyncio.Lock | None = None
+        self._send_lock_users = 0
 
     # -- Listener callbacks ---------------------------------------------------------
 
@@ -123,6 +129,25 @@ class WebSocket(Listener):
     def state(self) -> int:
         return self._conn.state
 
+    # -- pub/sub (server side; see fastws.pubsub) ---------------------------------------
+
+    def subscribe(self, topic: str) -> bool:
+        """Receive what is published to ``topic`` (it arrives through ``recv``); False if already subscribed."""
+        return self._conn.subscribe(topic)
+
+    def unsubscribe(self, topic: str) -> bool:
+        """Stop receiving ``topic``; False if not subscribed."""
+        return self._conn.unsubscribe(topic)
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this connection is subscribed to."""
+        return self._conn.topics
+
+    def publish(self, topic: str, message: str | bytes, text: bool | None = None) -> None:
+        """Send ``message`` to every subscriber of ``topic`` (this connection too, if subscribed); no await needed."""
+        self._conn._pubsub().publish(topic, message, text)
+
     @property
     def _conn(self) -> Connection:
         if self.conn is None:
@@ -173,9 +198,53 @@ class WebSocket(Listener):
         conn = self._conn
         if conn.state != OPEN:
             raise self._closed_error()
+        if self._send_lock is not None or (conn.extension is not None and len(message) > COMPRESS_CHUNK):
+            await self._send_serialized(message)
+            return
         conn.send(message)
         if conn.writing_paused:
             await self._drain()
+
+    async def _send_serialized(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send after any fragmented send in progress; fragment a large message for compression.
+
+        Deflating a multi-MiB message in one call would hold the event loop for
+        tens of milliseconds, so it goes out in COMPRESS_CHUNK fragments with the
+        loop free (and the write buffer drained) between them. Everything stays
+        on the loop thread: the compressor's context is shared by the messages
+        of the connection, so a worker thread would need the same ordering anyway.
+        """
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
+        lock = self._send_lock
+        self._send_lock_users += 1
+        try:
+            async with lock:
+                conn = self._conn
+                if conn.state != OPEN:
+                    raise self._closed_error()
+                if conn.extension is None or len(message) <= COMPRESS_CHUNK:
+                    conn.send(message)
+                    if conn.writing_paused:
+                        await self._drain()
+                    return
+                if isinstance(message, str):
+                    payload, opcode = memoryview(message.encode()), 1
+                else:
+                    payload, opcode = memoryview(message).cast("B"), 2
+                last = len(payload) - COMPRESS_CHUNK
+                for start in range(0, len(payload), COMPRESS_CHUNK):
+                    if conn.state != OPEN:
+                        raise self._closed_error()
+                    conn.send_frame(opcode if start == 0 else 0, payload[start : start + COMPRESS_CHUNK], start >= last)
+                    if conn.writing_paused:
+                        await self._drain()
+                    else:
+                        await asyncio.sleep(0)
+        finally:
+            self._send_lock_users -= 1
+            if self._send_lock_users == 0:
+                self._send_lock = None
 
     async def _drain(self) -> None:
         conn = self._conn

@@ -25,7 +25,7 @@ from kernels cimport (
 )
 
 from fastws.exceptions import PayloadTooBig, ProtocolError, connection_closed
-from fastws.frames import build_close_payload, check_close_code_to_send, parse_close_payload
+from fastws.frames import build_close_payload, check_close_code_to_send, parse_close_payload, truncate_reason
 
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
@@ -51,9 +51,27 @@ DEF PREALLOCATE = 262144
 DEF READ_BUFFER = 262144
 
 
+cpdef Py_ssize_t compressed_frame_limit(Py_ssize_t max_size):
+    """The largest compressed frame buffered before inflating it.
+
+    Deflate can expand incompressible data a little (stored blocks), so allow
+    max_size plus 1/8 plus 1 KiB: well above zlib's worst case, still bounded.
+    """
+    return max_size + (max_size >> 3) + 1024
+
+
 def apply_mask(data, mask):
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 5.3)."""
     cdef Py_buffer src, key
+    cdef Py_ssize_t n
+    if PyBytes_CheckExact(data) and PyBytes_CheckExact(mask) and PyBytes_GET_SIZE(mask) == 4:
+        # The common case without the buffer protocol: at 125 B acquiring and
+        # releasing two buffers costs as much as the masking itself.
+        n = PyBytes_GET_SIZE(data)
+        out = PyBytes_FromStringAndSize(NULL, n)
+        fastws_mask(<uint8_t *>PyBytes_AS_STRING(out), <const uint8_t *>PyBytes_AS_STRING(data), n,
+                    <const uint8_t *>PyBytes_AS_STRING(mask))
+        return out
     PyObject_GetBuffer(mask, &key, PyBUF_SIMPLE)
     try:
         if key.len != 4:
@@ -83,12 +101,17 @@ cdef class Utf8Validator:
         With ``final`` the text must also end here (no truncated sequence).
         """
         cdef Py_buffer view
-        PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
-        try:
-            if not fastws_utf8_feed(&self.state, <const uint8_t *>view.buf, view.len):
+        if PyBytes_CheckExact(chunk):
+            # No buffer protocol for bytes: it is most of the cost of a short chunk.
+            if not fastws_utf8_feed(&self.state, <const uint8_t *>PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk)):
                 return False
-        finally:
-            PyBuffer_Release(&view)
+        else:
+            PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
+            try:
+                if not fastws_utf8_feed(&self.state, <const uint8_t *>view.buf, view.len):
+                    return False
+            finally:
+                PyBuffer_Release(&view)
         if final:
             return bool(fastws_utf8_complete(&self.state))
         return True
@@ -159,6 +182,8 @@ cdef object _encode(int opcode, const uint8_t *payload, Py_ssize_t n, bint fin, 
 def frame_header(int opcode, Py_ssize_t length, bint fin=True, bint rsv1=False, bint masked=False):
     """The 2 to 10 header bytes of a frame, without the mask key."""
     cdef uint8_t header[14]
+    if not 0 <= opcode <= 15 or length < 0:
+        raise ValueError("opcode must be 0..15 and length not negative")
     cdef Py_ssize_t hlen = _write_header(header, opcode, length, fin, rsv1, masked)
     return PyBytes_FromStringAndSize(<char *>header, hlen)
 
@@ -166,6 +191,8 @@ def frame_header(int opcode, Py_ssize_t length, bint fin=True, bint rsv1=False, 
 def encode_frame(int opcode, payload, bint fin=True, bint rsv1=False, bint mask=False):
     """One frame, header and payload; masked with a fresh key when ``mask``."""
     cdef Py_buffer view
+    if not 0 <= opcode <= 15:
+        raise ValueError("opcode must be 0..15")
     PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
     try:
         return _encode(opcode, <const uint8_t *>view.buf, view.len, fin, rsv1, mask)
@@ -208,8 +235,12 @@ cdef class ProtocolCore:
     cdef public bint close_sent
     cdef public bint close_received
     cdef public object failure
+    cdef public bint received_data  # set on every receive; keepalive reads and clears it
     cdef public object _write
     cdef public object _on_message
+    # Header and large payload in one call (one writev on uvloop); the
+    # asyncio layer points it at transport.writelines.
+    cdef public object _writelines
 
     cdef Py_ssize_t _max_size  # -1: no limit
     cdef Py_ssize_t _max_fragments  # -1: no limit
@@ -253,8 +284,10 @@ cdef class ProtocolCore:
         self.close_sent = False
         self.close_received = False
         self.failure = None
+        self.received_data = False
         self._write = _discard
         self._on_message = _discard_message
+        self._writelines = self._write_each
         self._hdr_len = 0
         self._in_frame = False
         self._msg_opcode = 0
@@ -304,6 +337,7 @@ cdef class ProtocolCore:
     def receive_data(self, data):
         """Feed bytes from the peer: every complete message is handed out at once."""
         cdef Py_buffer view
+        self.received_data = True
         if self.failure is not None or self.close_received or self.state == CLOSED:
             return
         if PyBytes_CheckExact(data):
@@ -323,6 +357,7 @@ cdef class ProtocolCore:
 
     def buffer_updated(self, Py_ssize_t nbytes):
         """asyncio.BufferedProtocol: ``nbytes`` were read into the buffer."""
+        self.received_data = True
         if self.failure is not None or self.close_received or self.state == CLOSED:
             return
         self._receive(<const uint8_t *>(<char *>self._rbuf), nbytes)
@@ -430,11 +465,13 @@ cdef class ProtocolCore:
                 if opcode == 1:
                     fastws_utf8_init(&self._utf8)
                 if rsv1:
-                    self._inflated = bytearray()
+                    self._inflated = None
             if not self._msg_compressed:
                 if self._max_size >= 0 and length > <uint64_t>(self._max_size - self._msg_size):
                     raise PayloadTooBig(f"message larger than max_size ({self._max_size} bytes)")
                 self._msg_size += <Py_ssize_t>length
+            elif self._max_size >= 0 and length > <uint64_t>compressed_frame_limit(self._max_size):
+                raise PayloadTooBig(f"compressed frame larger than max_size ({self._max_size} bytes)")
             self._frame_start = self._msg_len
         if masked:
             memcpy(self._f_key, h + hlen - 4, 4)
@@ -505,14 +542,21 @@ cdef class ProtocolCore:
             self._msg_size += size
             if is_text and size and not fastws_utf8_feed(&self._utf8, <const uint8_t *>PyBytes_AS_STRING(chunk), size):
                 raise ProtocolError("invalid UTF-8 in a text message", 1007)
-            self._inflated += chunk
+            if self._inflated is not None:
+                self._inflated += chunk
+            elif not self._f_fin:
+                self._inflated = bytearray(chunk)
         if not self._f_fin:
             return 0
         if is_text and not fastws_utf8_complete(&self._utf8):
             raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
         if self._msg_compressed:
-            data = bytes(self._inflated)
+            # A one-frame message is the inflated chunk itself; the compressed
+            # frame buffer is released so that an idle connection holds none.
+            data = chunk if self._inflated is None else bytes(self._inflated)
             self._inflated = None
+            Py_XDECREF(self._msg)
+            self._msg = NULL
         elif self._msg == NULL:
             data = b""
         else:
@@ -576,8 +620,7 @@ cdef class ProtocolCore:
             payload, rsv1 = self.extension.encode(opcode, payload, fin)
         if PyBytes_CheckExact(payload):
             if not self.client and PyBytes_GET_SIZE(payload) >= WRITE_SEPARATELY:
-                self._write(frame_header(opcode, PyBytes_GET_SIZE(payload), fin, rsv1))
-                self._write(payload)
+                self._writelines((frame_header(opcode, PyBytes_GET_SIZE(payload), fin, rsv1), payload))
                 return
             self._write(_encode(opcode, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), fin, rsv1, self.client))
             return
@@ -586,6 +629,10 @@ cdef class ProtocolCore:
             self._write(_encode(opcode, <const uint8_t *>view.buf, view.len, fin, rsv1, self.client))
         finally:
             PyBuffer_Release(&view)
+
+    def _write_each(self, parts):
+        for part in parts:
+            self._write(part)
 
     cdef int _send_raw(self, int opcode, const uint8_t *payload, Py_ssize_t n, bint fin) except -1:
         self._write(_encode(opcode, payload, n, fin, False, self.client))
@@ -618,7 +665,7 @@ cdef class ProtocolCore:
         if self.failure is None:
             self.failure = exc
         if self.state == OPEN:
-            self._send_close(exc.code, str(exc).encode()[:123])
+            self._send_close(exc.code, truncate_reason(str(exc)))
         if self.close_code is None:
             self.close_code = exc.code
             self.close_reason = str(exc)

@@ -20,7 +20,7 @@ MAX_SIZE = 2**25
 
 async def run_case(index: int) -> None:
     try:
-        async with fastws.connect(f"{URL}/runCase?case={index}&agent={AGENT}", max_size=MAX_SIZE) as ws:
+        async with fastws.connect(f"{URL}/runCase?case={index}&agent={AGENT}", max_size=MAX_SIZE, compression="deflate") as ws:
             async for message in ws:
                 await ws.send(message)
     except fastws.ConnectionClosed:

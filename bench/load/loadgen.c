@@ -9,7 +9,10 @@
  *   stream  each connection keeps K messages in flight (--inflight K)
  *   fanout  connection 0 sends one message, the server delivers it to every
  *           connection on the path (sender included); the next message is sent
- *           once all N connections got it.  messages = deliveries.
+ *           once all N connections got it.  messages = deliveries.  With
+ *           --inflight K the publisher keeps K such rounds outstanding (a new
+ *           message each time the oldest round completes).  --port2 P puts every
+ *           odd connection on a second server (pub/sub through a broker).
  *   idle    open N connections and hold them; report how many stay open.
  *
  * Output: one JSON object on stdout.  Progress markers on stderr, each on its
@@ -212,11 +215,13 @@ typedef struct {
     /* send timestamps (ring) */
     uint64_t *ts;
     uint32_t ts_head, ts_tail;
+    uint64_t got;       /* fanout: messages received (the index of the next one) */
 } conn_t;
 
 /* options */
 static const char *opt_host = "127.0.0.1";
 static int opt_port = 0;
+static int opt_port2 = 0;      /* fanout: odd connections go to this server */
 static const char *opt_path = "/";
 static int opt_conns = 1;
 static int opt_mode = MODE_RR;
@@ -242,9 +247,10 @@ static uint64_t errors, pings, closes_seen, unexpected_eof;
 static int nopen;
 static int *flush_list; static int nflush;
 
-/* fanout */
-static int round_recv;
-static uint64_t round_ts;
+/* fanout: rounds in flight, indexed by message number modulo opt_inflight + 1 */
+static uint32_t *fan_count;    /* deliveries of each message in flight */
+static uint64_t *fan_ts;       /* when it was sent */
+static uint64_t fan_sent, fan_done;
 
 static void err(conn_t *c, const char *fmt, ...) {
     errors++;
@@ -328,11 +334,15 @@ static void on_message(conn_t *c, uint64_t t) {
         }
         if (running) queue_msg(c, t);
     } else if (opt_mode == MODE_FANOUT) {
+        uint32_t ring = (uint32_t)opt_inflight + 1;
         if (measuring) { m_msgs++; m_bytes += opt_size; }
-        if (++round_recv >= nopen) {
-            if (measuring) { m_rounds++; hist[hist_index(t - round_ts)]++; hist_count++; }
-            round_recv = 0;
-            if (running && conns[0].open) { round_ts = t; queue_msg(&conns[0], t); }
+        if (c->got >= fan_sent) { err(c, "more fan-out messages than were sent"); return; }
+        fan_count[c->got++ % ring]++;
+        while (fan_done < fan_sent && fan_count[fan_done % ring] >= (uint32_t)nopen) {
+            if (measuring) { m_rounds++; hist[hist_index(t - fan_ts[fan_done % ring])]++; hist_count++; }
+            fan_count[fan_done % ring] = 0;
+            fan_done++;
+            if (running && conns[0].open) { fan_ts[fan_sent % ring] = t; fan_sent++; queue_msg(&conns[0], t); }
         }
     } else {
         err(c, "unexpected message in idle mode");
@@ -506,7 +516,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P [--host H] [--path /] [--mode rr|stream|fanout|idle]\n"
             "               [--conns N] [--size BYTES] [--text] [--inflight K]\n"
-            "               [--warmup S] [--duration S] [--seed N]\n");
+            "               [--warmup S] [--duration S] [--seed N] [--port2 P]\n");
     exit(2);
 }
 
@@ -514,7 +524,7 @@ int main(int argc, char **argv) {
     static struct option lo[] = {
         {"host", 1, 0, 'h'}, {"port", 1, 0, 'p'}, {"path", 1, 0, 'P'}, {"conns", 1, 0, 'c'},
         {"mode", 1, 0, 'm'}, {"size", 1, 0, 's'}, {"text", 0, 0, 't'}, {"inflight", 1, 0, 'k'},
-        {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 'r'}, {0, 0, 0, 0}};
+        {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 'r'}, {"port2", 1, 0, 'q'}, {0, 0, 0, 0}};
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -536,12 +546,13 @@ int main(int argc, char **argv) {
         case 'w': opt_warmup = atof(optarg); break;
         case 'd': opt_duration = atof(optarg); break;
         case 'r': seed = strtoull(optarg, NULL, 10) | 1; break;
+        case 'q': opt_port2 = atoi(optarg); break;
         default: usage();
         }
     }
     if (!opt_port || opt_conns < 1 || opt_inflight < 1) usage();
     if (opt_size > (64ull << 20)) die("size above 64 MiB is not supported");
-    if (opt_mode != MODE_STREAM) opt_inflight = 1;
+    if (opt_mode != MODE_STREAM && opt_mode != MODE_FANOUT) opt_inflight = 1;
     rng_state = seed ? seed : 1;
 
     /* file descriptors: raise the soft limit (and the hard one if allowed) */
@@ -562,10 +573,15 @@ int main(int argc, char **argv) {
     char portstr[16];
     snprintf(portstr, sizeof portstr, "%d", opt_port);
     if (getaddrinfo(opt_host, portstr, &hints, &ai) != 0) die("cannot resolve %s", opt_host);
-    struct sockaddr_storage sa;
+    struct sockaddr_storage sa, sa2;
     socklen_t salen = ai->ai_addrlen;
     memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);
+    memcpy(&sa2, &sa, sizeof sa);
+    if (opt_port2) {
+        if (sa2.ss_family == AF_INET) ((struct sockaddr_in *)&sa2)->sin_port = htons((uint16_t)opt_port2);
+        else ((struct sockaddr_in6 *)&sa2)->sin6_port = htons((uint16_t)opt_port2);
+    }
 
     make_payload();
     flen = (size_t)opt_size + 2 + (opt_size < 126 ? 0 : opt_size < 65536 ? 2 : 8) + 4;
@@ -596,7 +612,8 @@ int main(int argc, char **argv) {
     char (*keys)[32] = calloc((size_t)HB, 32);
     for (int base = 0; base < opt_conns; base += HB) {
         int cnt = opt_conns - base < HB ? opt_conns - base : HB;
-        for (int i = 0; i < cnt; i++) conns[base + i].fd = connect_one(&sa, salen, keys[i]);
+        for (int i = 0; i < cnt; i++)
+            conns[base + i].fd = connect_one(opt_port2 && (base + i) % 2 ? &sa2 : &sa, salen, keys[i]);
         for (int i = 0; i < cnt; i++) {
             conn_t *c = &conns[base + i];
             finish_handshake(c->fd, keys[i]);
@@ -625,8 +642,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < opt_conns; i++)
             for (int k = 0; k < opt_inflight; k++) queue_msg(&conns[i], t_start);
     } else if (opt_mode == MODE_FANOUT) {
-        round_ts = t_start;
-        queue_msg(&conns[0], t_start);
+        fan_count = calloc((size_t)opt_inflight + 1, sizeof *fan_count);
+        fan_ts = calloc((size_t)opt_inflight + 1, sizeof *fan_ts);
+        for (int k = 0; k < opt_inflight; k++) { fan_ts[k] = t_start; fan_sent++; queue_msg(&conns[0], t_start); }
     }
 
     struct epoll_event *evs = calloc(1024, sizeof *evs);

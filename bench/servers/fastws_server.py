@@ -2,8 +2,11 @@
 
 The same script benchmarks both implementations: FASTWS_EXTENSION=1 (compiled
 hot path) or FASTWS_EXTENSION=0 (pure Python), read by fastws at import time.
+``/pubsub`` is the fan-out through a pub/sub topic (``server.publish``); with
+FASTWS_BENCH_BROKER=redis://... the topic is shared with other processes.
 """
 import asyncio
+import os
 
 from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
 
@@ -16,14 +19,20 @@ class Handler(fastws.Listener):
     """Echo on any path, broadcast on /fanout (chosen once, at connect time)."""
 
     fanout = False
+    topic = False
 
     def on_connect(self, conn):
         if conn.request.path == "/fanout":
             self.fanout = True
             fanout_members.add(conn)
+        elif conn.request.path == "/pubsub":
+            self.topic = True
+            conn.subscribe("fanout")
 
     def on_message(self, conn, data, is_text):
-        if self.fanout:
+        if self.topic:
+            conn.server.publish("fanout", data, is_text)
+        elif self.fanout:
             # the library's broadcast encodes the frame once for every receiver
             fastws.broadcast(fanout_members, data.decode() if is_text else data)
         else:
@@ -35,7 +44,8 @@ class Handler(fastws.Listener):
 
 
 async def main(args, loop_name):
-    server = await fastws.create_server(Handler, args.host, args.port, max_size=MAX_SIZE)
+    broker = os.environ.get("FASTWS_BENCH_BROKER") or None
+    server = await fastws.create_server(Handler, args.host, args.port, max_size=MAX_SIZE, broker=broker)
     port = server.sockets[0].getsockname()[1]
     announce(port, library="fastws", version=lib_version("fastws"), loop=loop_name,
              extension=bool(getattr(fastws, "USING_EXTENSION", False)))

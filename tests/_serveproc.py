@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import IO, Any, AsyncIterator
 
@@ -17,14 +18,18 @@ import fastws
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastws.__file__)))
+# Where the fastws under test was imported from (site-packages, or a checkout on PYTHONPATH).
+FASTWS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastws.__file__)))
+# Child processes start here: ``python -m`` puts its working directory first on
+# sys.path, and from a checkout's root that would import the uncompiled sources.
+NEUTRAL_CWD = tempfile.gettempdir()
 STARTUP_LINE = re.compile(r"serving (\S+) on (wss?)://([^ ]+):(\d+)/")
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment, with the fastws under test importable."""
+    """The test's environment, importing the same fastws as this process."""
     env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH", "")] if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [FASTWS_PARENT, env.get("PYTHONPATH", "")] if p)
     return env
 
 
@@ -35,7 +40,7 @@ class ServeProcess:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastws", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=cwd or NEUTRAL_CWD,
         )
         self.stdout: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []

@@ -19,25 +19,15 @@ import pytest
 import trustme
 
 import fastws
-from _serveproc import serving
+from _serveproc import NEUTRAL_CWD, child_env, serving
 from _wsutil import IO_TIMEOUT, RawClient
 from fastws.cli import main as cli_main
 
 STARTUP_TIMEOUT = 30.0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastws.__file__)))
-
-
-def child_env() -> dict[str, str]:
-    """The test's environment, with the fastws under test importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH", "")] if p)
-    return env
-
-
 async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, int, bytes]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fastws", "serve", "--host", "127.0.0.1", "--port", "0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(), cwd=NEUTRAL_CWD,
     )
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT)  # type: ignore[union-attr]
@@ -111,7 +101,7 @@ def test_signal_closes_open_connections_with_1001_and_exits_0(run: Any, sig: sig
 
 def test_version_prints_version_hot_path_and_event_loop() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fastws", "--version"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env()
+        [sys.executable, "-m", "fastws", "--version"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env(), cwd=NEUTRAL_CWD
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -130,7 +120,7 @@ def test_version_follows_fastws_extension_0() -> None:
     env = child_env()
     env["FASTWS_EXTENSION"] = "0"
     result = subprocess.run(
-        [sys.executable, "-m", "fastws", "--version"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=env
+        [sys.executable, "-m", "fastws", "--version"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=env, cwd=NEUTRAL_CWD
     )
     assert result.returncode == 0, result.stderr
     assert "hot path: pure Python (no compiled extension)" in result.stdout.splitlines()
@@ -143,7 +133,7 @@ def test_port_in_use_exits_2_with_one_line_error() -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "fastws", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env(),
+            capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env(), cwd=NEUTRAL_CWD,
         )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -155,7 +145,7 @@ def test_port_in_use_exits_2_with_one_line_error() -> None:
 
 def test_no_command_prints_help_and_exits_2() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fastws"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env()
+        [sys.executable, "-m", "fastws"], capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env(), cwd=NEUTRAL_CWD
     )
     assert result.returncode == 2
     assert "serve" in result.stdout
@@ -313,7 +303,7 @@ def test_connect_sends_typed_lines_and_prints_messages(run: Any, loop_kind: str)
             client = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fastws", "connect", f"ws://127.0.0.1:{server.port}/", "--loop", loop_kind,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=child_env(),
+                env=child_env(), cwd=NEUTRAL_CWD,
             )
             try:
                 assert client.stdin is not None and client.stdout is not None

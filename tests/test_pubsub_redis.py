@@ -19,6 +19,7 @@ import pytest
 
 import fastws
 import fastws.apps
+from _serveproc import NEUTRAL_CWD, child_env
 from _wsutil import IO_TIMEOUT, uri_of
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
@@ -28,7 +29,6 @@ if shutil.which("redis-server") is None:
 from fastws.pubsub import RedisBroker  # noqa: E402
 
 T = IO_TIMEOUT
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 async def wait(aw: Any) -> Any:
@@ -254,10 +254,9 @@ def test_redis_broker_needs_a_redis_url() -> None:
 
 def start_cli(*args: str) -> tuple[subprocess.Popen[str], int]:
     """``fastws serve ...`` in its own process; returns it and the port it printed."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastws", "serve", *args, "--port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=NEUTRAL_CWD,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()

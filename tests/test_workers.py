@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import fastws
-from _serveproc import STARTUP_TIMEOUT, child_env, serving
+from _serveproc import NEUTRAL_CWD, STARTUP_TIMEOUT, child_env, serving
 from _wsutil import IO_TIMEOUT
 
 T = IO_TIMEOUT
@@ -111,7 +111,7 @@ def test_port_in_use_with_workers_exits_2_with_one_line_error() -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "fastws", "serve", "--port", str(port), "--workers", "2"],
-            capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env(),
+            capture_output=True, text=True, timeout=STARTUP_TIMEOUT, env=child_env(), cwd=NEUTRAL_CWD,
         )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -35,7 +35,7 @@ _MIN_DEFLATE_BITS = 9
 class Deflate:
     """Settings of permessage-deflate; ``compression="deflate"`` means ``Deflate()``.
 
-    The defaults bound zlib memory per connection to about 40 KiB while a
+    The defaults bound zlib memory per connection to about 50 KiB while a
     compression context is kept: our compressor uses a ``window_bits`` window
     (2**window_bits bytes) and ``mem_level`` hash tables; ``peer_window_bits``
     asks the peer to compress with at most that window, which bounds our

@@ -204,13 +204,15 @@ class Supervisor:
             timeout = max(0.0, min(self._restarts) - time.monotonic()) if self._restarts else None
             pipes = [w.reports for w in self._workers.values() if w.reports is not None]
             ready = multiprocessing.connection.wait([*self._workers, *pipes, self._wake_reader], timeout)  # type: ignore[list-item]
+            # Reports first: a dead worker's pipe may still hold its last words.
             for item in ready:
                 if item is self._wake_reader:
                     self._drain_wakeups()
-                elif isinstance(item, int):
-                    self._reap(self._workers.pop(item))
-                else:
+                elif not isinstance(item, int):
                     self._log_report(item)
+            for item in ready:
+                if isinstance(item, int):
+                    self._reap(self._workers.pop(item))
             if self._stopping:
                 return
             now = time.monotonic()

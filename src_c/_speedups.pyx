@@ -608,10 +608,14 @@ cdef class ProtocolCore:
             data = data.encode()
         else:
             opcode = 1 if text else 2
-        self.send_frame(opcode, data, True)
+        self._send_frame(opcode, data, True)
 
     def send_frame(self, int opcode, payload, bint fin=True):
         """Send one frame as is; the caller keeps the fragmentation rules."""
+        self._send_frame(opcode, payload, fin)
+
+    cdef int _send_frame(self, int opcode, object payload, bint fin) except -1:
+        """send_frame without a Python call: send() and broadcast() come here per message."""
         cdef Py_buffer view
         cdef bint rsv1 = False
         if self.state != OPEN:
@@ -621,14 +625,15 @@ cdef class ProtocolCore:
         if PyBytes_CheckExact(payload):
             if not self.client and PyBytes_GET_SIZE(payload) >= WRITE_SEPARATELY:
                 self._writelines((frame_header(opcode, PyBytes_GET_SIZE(payload), fin, rsv1), payload))
-                return
+                return 0
             self._write(_encode(opcode, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), fin, rsv1, self.client))
-            return
+            return 0
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
             self._write(_encode(opcode, <const uint8_t *>view.buf, view.len, fin, rsv1, self.client))
         finally:
             PyBuffer_Release(&view)
+        return 0
 
     def _write_each(self, parts):
         for part in parts:
@@ -699,7 +704,7 @@ def broadcast(connections, int opcode, payload):
         if core.state != OPEN:
             continue
         if core.client or core.extension is not None:
-            core.send_frame(opcode, payload)
+            core._send_frame(opcode, payload, True)
         else:
             if frame is None:
                 frame = encode_frame(opcode, payload)

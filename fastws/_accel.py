@@ -18,6 +18,7 @@ __all__ = [
     "encode_frame",
     "frame_header",
     "broadcast",
+    "SocketTransport",
     "OPEN",
     "CLOSING",
     "CLOSED",
@@ -52,4 +53,7 @@ ProtocolCore = _impl.ProtocolCore
 encode_frame = _impl.encode_frame
 frame_header = _impl.frame_header
 broadcast = _impl.broadcast
+# The compiled path's own transport for open connections (None in pure Python:
+# the event loop's transports serve).
+SocketTransport = getattr(_impl, "SocketTransport", None)
 OPEN, CLOSING, CLOSED = _impl.OPEN, _impl.CLOSING, _impl.CLOSED

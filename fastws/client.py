@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from . import __version__
-from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener
+from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener, take_over_transport
 from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI
 from .extensions.permessage_deflate import CompressionOption, client_extension
 from .handshake import ClientHandshake, Request
@@ -150,6 +150,7 @@ async def create_connection(
             raise
 
     transport, (response, rest), extension = await asyncio.wait_for(open_connection(), open_timeout)
+    transport = take_over_transport(transport)
     listener = listener_factory()
     request = Request("GET", target.path, handshake.headers)
     conn = Connection(

@@ -3,13 +3,18 @@
 After the opening handshake the transport talks straight to a ``Connection``:
 it *is* the protocol core (compiled or pure Python), so bytes go from the
 event loop into the frame parser and out to ``Listener.on_message`` with no
-Python frame in between, and ``Connection.send`` writes at once.
+Python frame in between, and ``Connection.send`` writes at once. On the
+compiled path a plain socket's connection also moves to the extension's own
+transport (``take_over_transport``): recv() into the parser and send() out,
+both from C.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any, Iterable
 
 from . import _accel
@@ -230,6 +235,26 @@ class Connection(_accel.ProtocolCore):
 
     def __repr__(self) -> str:
         return f"<fastws.Connection {_addr(self.remote_address)} state={self.state}>"
+
+
+def take_over_transport(transport: Any) -> Any:
+    """The transport to run a just-opened connection on.
+
+    On the compiled path a plain TCP (or Unix) connection moves to
+    ``SocketTransport``: the socket's descriptor is duplicated and the event
+    loop's transport, which has nothing left to write, is aborted (closing only
+    its own descriptor). TLS connections, and everything in pure Python, keep
+    the loop's transport. Reading stays paused until ``resume_reading()``.
+    """
+    if _accel.SocketTransport is None or transport.get_extra_info("sslcontext") is not None:
+        return transport
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM or transport.get_write_buffer_size():
+        return transport
+    fd = os.dup(sock.fileno())
+    extra = {name: transport.get_extra_info(name) for name in ("peername", "sockname")}
+    transport.abort()
+    return _accel.SocketTransport(asyncio.get_running_loop(), fd, extra)
 
 
 def broadcast(connections: Iterable[Connection], message: str | bytes) -> int:

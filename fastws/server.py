@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator, Sequence
 
 from . import __version__
-from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr
+from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr, take_over_transport
 from .exceptions import ConnectionClosed, InvalidRequest
 from .extensions.permessage_deflate import CompressionOption, server_extension_factory
 from .handshake import HeadReader, OriginsType, Request, Response, SelectSubprotocol, ServerHandshake, http_response
@@ -116,6 +116,7 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._reject(exc)
             return
         self._finish()
+        transport = take_over_transport(transport)
         listener = server.listener_factory()
         options = server.options
         conn = Connection(
@@ -136,6 +137,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         )
         transport.write(answer)
         transport.set_protocol(conn)
+        transport.resume_reading()
         server._add_connection(conn)
         listener.on_connect(conn)
         if self.pending and conn.state == OPEN:

@@ -16,7 +16,8 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_AsUTF8String
-from libc.string cimport memcpy
+from libc.errno cimport errno, EAGAIN, EINTR
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint64_t
 
 from kernels cimport (
@@ -26,6 +27,23 @@ from kernels cimport (
 
 from fastws.exceptions import PayloadTooBig, ProtocolError, connection_closed
 from fastws.frames import build_close_payload, check_close_code_to_send, parse_close_payload, truncate_reason
+
+cdef extern from "sys/socket.h" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        iovec *msg_iov
+        size_t msg_iovlen
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
+    int MSG_NOSIGNAL
+
+cdef extern from "unistd.h" nogil:
+    int close(int fd)
+
+cdef extern from "errno.h":
+    int EWOULDBLOCK
 
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
@@ -374,10 +392,13 @@ cdef class ProtocolCore:
 
     def buffer_updated(self, Py_ssize_t nbytes):
         """asyncio.BufferedProtocol: ``nbytes`` were read into the buffer."""
+        self._data_in(<const uint8_t *>self._rptr, nbytes)
+
+    cdef int _data_in(self, const uint8_t *p, Py_ssize_t n) except -1:
         self.received_data = True
         if self.failure is not None or self.close_received or self.state == CLOSED:
-            return
-        self._receive(<const uint8_t *>self._rptr, nbytes)
+            return 0
+        return self._receive(p, n)
 
     cdef int _receive(self, const uint8_t *p, Py_ssize_t n) except -1:
         try:
@@ -728,6 +749,372 @@ def broadcast(connections, int opcode, payload):
             core._write(frame)
         sent += 1
     return sent
+
+
+# -- the socket transport -------------------------------------------------
+
+# At most this many buffers go to one sendmsg().
+DEF MAX_IOV = 64
+# asyncio's default write buffer limits.
+DEF DEFAULT_HIGH = 65536
+
+
+cdef class SocketTransport:
+    """An asyncio stream transport for an open WebSocket on a plain socket.
+
+    The event loops' own stream transports reach a buffered protocol through
+    two Python calls per read (``get_buffer``, ``buffer_updated``), use
+    read()/write() (the VFS path: a file-position lock and more layers per
+    call than recv()/send()), and, on uvloop, queue every write before trying
+    it. This one waits for readiness with ``loop.add_reader``, recv()s into
+    the per-thread buffer and hands the bytes to the compiled parser without
+    leaving C, and send()s at once whatever nothing is queued ahead of.
+
+    It takes over a connection after the opening handshake: it owns the file
+    descriptor it is given (and closes it). It implements the part of
+    ``asyncio.Transport`` that fastws and its users need: write, writelines,
+    close, abort, is_closing, pause/resume_reading, is_reading, write buffer
+    limits and size, get_extra_info, set/get_protocol.
+    """
+    cdef object _loop
+    cdef int _fd
+    cdef object _protocol
+    cdef ProtocolCore _core  # the protocol when it is a ProtocolCore: bytes go to it in C
+    cdef dict _extra
+    cdef list _queue  # what is not sent yet: bytes objects, the first from _queue_offset
+    cdef Py_ssize_t _queue_offset
+    cdef Py_ssize_t _queued
+    cdef Py_ssize_t _high
+    cdef Py_ssize_t _low
+    cdef bint _reading
+    cdef bint _closing
+    cdef bint _lost  # connection_lost is scheduled or done
+    cdef bint _writing_paused
+    cdef memoryview _rbuf
+    cdef char *_rptr
+
+    def __cinit__(self):
+        self._fd = -1
+
+    def __init__(self, loop, int fd, dict extra=None):
+        self._loop = loop
+        self._fd = fd
+        self._protocol = None
+        self._core = None
+        self._extra = extra if extra is not None else {}
+        self._queue = []
+        self._queue_offset = 0
+        self._queued = 0
+        self._high = DEFAULT_HIGH
+        self._low = DEFAULT_HIGH // 4
+        self._reading = False
+        self._closing = False
+        self._lost = False
+        self._writing_paused = False
+        self._rbuf = _read_buffer()
+        self._rptr = <char *>_buffer_address(self._rbuf)
+
+    def __dealloc__(self):
+        if self._fd >= 0:
+            close(self._fd)
+
+    def __repr__(self):
+        return "<fastws.SocketTransport fd=%d%s>" % (self._fd, " closing" if self._closing else "")
+
+    # -- asyncio.BaseTransport ---------------------------------------------
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    def is_closing(self):
+        return self._closing
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+        self._core = protocol if isinstance(protocol, ProtocolCore) else None
+
+    def get_protocol(self):
+        return self._protocol
+
+    def close(self):
+        """Stop reading; close once everything queued is sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if self._queued == 0:
+            self._lost = True
+            self._loop.call_soon(self._connection_lost, None)
+
+    def abort(self):
+        """Close now, dropping whatever is queued."""
+        self._force_close(None)
+
+    # -- reading -------------------------------------------------------------
+
+    def is_reading(self):
+        return self._reading
+
+    def pause_reading(self):
+        if not self._closing:
+            self._stop_reading()
+
+    def resume_reading(self):
+        if self._closing or self._reading:
+            return
+        self._reading = True
+        self._loop.add_reader(self._fd, self._read_ready)
+
+    cdef _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _read_ready(self):
+        cdef ssize_t n
+        cdef int err
+        while self._reading:
+            n = recv(self._fd, self._rptr, READ_BUFFER, 0)
+            if n > 0:
+                try:
+                    if self._core is not None:
+                        self._core._data_in(<const uint8_t *>self._rptr, n)
+                    else:
+                        self._protocol.data_received(PyBytes_FromStringAndSize(self._rptr, n))
+                except Exception as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                    return
+                if n < READ_BUFFER:
+                    return
+            elif n == 0:
+                self._eof_received()
+                return
+            else:
+                err = errno
+                if err == EINTR:
+                    continue
+                if err != EAGAIN and err != EWOULDBLOCK:
+                    self._fatal_error(OSError(err, os.strerror(err)), "Fatal read error on socket transport")
+                return
+
+    cdef _eof_received(self):
+        self._stop_reading()
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:  # no half-closed streams here: nothing could write EOF later
+            self.close()
+
+    # -- writing -------------------------------------------------------------
+
+    def get_write_buffer_size(self):
+        return self._queued
+
+    def get_write_buffer_limits(self):
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = DEFAULT_HIGH if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError("high (%r) must be >= low (%r) must be >= 0" % (high, low))
+        self._high = high
+        self._low = low
+        self._check_high_water()
+
+    def write(self, data):
+        """Send ``data`` now if nothing is queued; queue what the socket does not take."""
+        cdef Py_buffer view
+        cdef Py_ssize_t sent
+        if self._lost:
+            return
+        if PyBytes_CheckExact(data):
+            if self._queued:
+                self._enqueue(data, 0)
+            elif PyBytes_GET_SIZE(data):
+                sent = self._send(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+                if 0 <= sent < PyBytes_GET_SIZE(data):
+                    self._enqueue(data, sent)
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            sent = self._send(<char *>view.buf, view.len) if self._queued == 0 and view.len else 0
+            if 0 <= sent < view.len:  # the caller may reuse its buffer: keep a copy
+                self._enqueue(PyBytes_FromStringAndSize(<char *>view.buf + sent, view.len - sent), 0)
+        finally:
+            PyBuffer_Release(&view)
+
+    def writelines(self, list_of_data):
+        """Send several buffers in one sendmsg() (a frame header and its payload)."""
+        cdef Py_buffer views[MAX_IOV]
+        cdef iovec iov[MAX_IOV]
+        cdef msghdr msg
+        cdef Py_ssize_t count = 0, i, sent, total = 0, size
+        if self._lost:
+            return
+        items = list_of_data if isinstance(list_of_data, (list, tuple)) else list(list_of_data)
+        if self._queued or len(items) > MAX_IOV:
+            for item in items:
+                self.write(item)
+            return
+        try:
+            for item in items:
+                PyObject_GetBuffer(item, &views[count], PyBUF_SIMPLE)
+                iov[count].iov_base = views[count].buf
+                iov[count].iov_len = views[count].len
+                total += views[count].len
+                count += 1
+            if total == 0:
+                return
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = iov
+            msg.msg_iovlen = count
+            sent = self._sendmsg(&msg)
+            if sent < 0 or sent == total:
+                return
+            for i in range(count):  # queue the rest, copying what is not bytes
+                size = views[i].len
+                if sent >= size:
+                    sent -= size
+                    continue
+                if PyBytes_CheckExact(items[i]):
+                    self._enqueue(items[i], sent)
+                else:
+                    self._enqueue(PyBytes_FromStringAndSize(<char *>views[i].buf + sent, size - sent), 0)
+                sent = 0
+        finally:
+            for i in range(count):
+                PyBuffer_Release(&views[i])
+
+    cdef Py_ssize_t _send(self, const char *p, Py_ssize_t n) except -2:
+        cdef iovec iov
+        cdef msghdr msg
+        iov.iov_base = <void *>p
+        iov.iov_len = n
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = &iov
+        msg.msg_iovlen = 1
+        return self._sendmsg(&msg)
+
+    cdef Py_ssize_t _sendmsg(self, msghdr *msg) except -2:
+        """sendmsg() what the socket takes now: bytes sent, or -1 after a fatal error."""
+        cdef ssize_t r
+        cdef int err
+        while True:
+            r = sendmsg(self._fd, msg, MSG_NOSIGNAL)
+            if r >= 0:
+                return r
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN or err == EWOULDBLOCK:
+                return 0
+            self._fatal_error(OSError(err, os.strerror(err)), "Fatal write error on socket transport")
+            return -1
+
+    cdef _enqueue(self, bytes data, Py_ssize_t offset):
+        if not self._queued:
+            self._queue_offset = offset
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._queue.append(data)
+        self._queued += PyBytes_GET_SIZE(data) - offset
+        self._check_high_water()
+
+    cdef _check_high_water(self):
+        if self._queued > self._high and not self._writing_paused and not self._lost:
+            self._writing_paused = True
+            try:
+                self._protocol.pause_writing()
+            except Exception as exc:
+                self._report("protocol.pause_writing() failed", exc)
+
+    def _write_ready(self):
+        """The socket takes more: send the queue, oldest first, in sendmsg() batches."""
+        cdef iovec iov[MAX_IOV]
+        cdef msghdr msg
+        cdef Py_ssize_t count, i, sent, batch
+        cdef bytes item
+        while self._queued and not self._lost:
+            count = min(len(self._queue), MAX_IOV)
+            batch = 0
+            for i in range(count):
+                item = self._queue[i]
+                iov[i].iov_base = PyBytes_AS_STRING(item)
+                iov[i].iov_len = PyBytes_GET_SIZE(item)
+                batch += PyBytes_GET_SIZE(item)
+            iov[0].iov_base = <char *>iov[0].iov_base + self._queue_offset
+            iov[0].iov_len -= self._queue_offset
+            batch -= self._queue_offset
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_iov = iov
+            msg.msg_iovlen = count
+            sent = self._sendmsg(&msg)
+            if sent < 0:
+                return  # _fatal_error has closed the transport
+            self._queued -= sent
+            i = 0
+            while i < count and sent >= <Py_ssize_t>iov[i].iov_len:
+                sent -= iov[i].iov_len
+                i += 1
+            if i:
+                del self._queue[:i]
+                self._queue_offset = sent
+            else:
+                self._queue_offset += sent
+            if self._queued and sent < batch:
+                break  # the socket is full: wait for the next writable event
+        if self._lost:
+            return
+        if self._writing_paused and self._queued <= self._low:
+            self._writing_paused = False
+            try:
+                self._protocol.resume_writing()
+            except Exception as exc:
+                self._report("protocol.resume_writing() failed", exc)
+        if self._queued == 0 and not self._lost:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._lost = True
+                self._loop.call_soon(self._connection_lost, None)
+
+    # -- closing -------------------------------------------------------------
+
+    cdef _report(self, message, exc):
+        self._loop.call_exception_handler({
+            "message": message, "exception": exc, "transport": self, "protocol": self._protocol,
+        })
+
+    cdef _fatal_error(self, exc, message):
+        if not isinstance(exc, OSError):  # a peer that resets or vanishes is no news
+            self._report(message, exc)
+        self._force_close(exc)
+
+    cdef _force_close(self, exc):
+        if self._lost:
+            return
+        if self._queued:
+            self._queue.clear()
+            self._queued = 0
+            self._loop.remove_writer(self._fd)
+        self._closing = True
+        self._stop_reading()
+        self._lost = True
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc):
+        try:
+            if self._protocol is not None:
+                self._protocol.connection_lost(exc)
+        finally:
+            if self._fd >= 0:
+                close(self._fd)
+                self._fd = -1
+            self._protocol = None
+            self._core = None
 
 
 cdef inline Py_ssize_t _header_length(uint8_t b1):

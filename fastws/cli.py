@@ -26,7 +26,7 @@ from ._accel import IMPLEMENTATION, KERNEL_ISA, USING_EXTENSION
 from .client import connect
 from .connection import Listener
 from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from .http import PageAndHealth, answer_other_methods
+from .http import PageAndHealth
 from .loop import event_loop_name, run, uvloop
 from .pubsub import make_broker
 from .server import Server, create_server, serve
@@ -176,7 +176,6 @@ async def start_server(config: ServeConfig, port: int, *, reuse_port: bool = Fal
             server = await serve(config.app.target, config.host, port, **options)
     except OSError as exc:
         raise UsageError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
-    answer_other_methods(server)
     return server
 
 

@@ -101,8 +101,10 @@ class Response:
     reason: str = ""
 
 
-def http_response(status: int, body: bytes | str = b"", headers: Sequence[tuple[str, str]] = (), *, close: bool = True) -> bytes:
-    """Serialize a complete HTTP/1.1 response with a Content-Length."""
+def http_response(
+    status: int, body: bytes | str = b"", headers: Sequence[tuple[str, str]] = (), *, close: bool = True, head: bool = False
+) -> bytes:
+    """Serialize a complete HTTP/1.1 response with a Content-Length (``head``: the answer to HEAD, without the body)."""
     if isinstance(body, str):
         body = body.encode()
     try:
@@ -118,7 +120,7 @@ def http_response(status: int, body: bytes | str = b"", headers: Sequence[tuple[
         lines.append(f"Content-Length: {len(body)}")
     if close and "connection" not in names:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
 
 
 def accept_key(key: str) -> str:
@@ -227,10 +229,18 @@ class ServerHandshake:
         self.extension_factory = extension_factory
 
     def parse(self, start_line: str, headers: Headers) -> Request:
-        """The request, or InvalidRequest for a head that is not even HTTP/1.1 GET."""
+        """The request, or InvalidRequest for a head that is not even HTTP/1.1 GET.
+
+        Another method is 400 on an upgrade request (RFC 6455 requires GET) and
+        405 with ``Allow: GET`` on a plain HTTP request: nothing here serves it.
+        """
         method, target, version = parse_request_line(start_line)
         if method != "GET":
-            raise InvalidRequest(f"method {method[:16]} not allowed: a WebSocket upgrade is a GET")
+            if "websocket" in headers.tokens("Upgrade"):
+                raise InvalidRequest(f"method {method[:16]} not allowed: a WebSocket upgrade is a GET")
+            raise InvalidRequest(
+                f"method {method[:16]} not allowed: only GET is served", HTTPStatus.METHOD_NOT_ALLOWED, [("Allow", "GET")]
+            )
         return Request(method, target, headers, version)
 
     def accept(self, request: Request) -> tuple[bytes, str | None, object]:

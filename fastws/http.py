@@ -2,10 +2,8 @@
 
 ``PageAndHealth`` is a ``process_request`` callable: upgrade requests pass through
 to the WebSocket handshake, ``GET /`` answers the page from ``fastws/static/``,
-``GET /healthz`` answers 200, any other path 404. ``answer_other_methods``
-makes a server answer 405 to a non-GET request that is not an upgrade (the
-handshake alone refuses every non-GET request with 400, as RFC 6455 asks of an
-upgrade).
+``GET /healthz`` answers 200, any other path 404. (Other methods get 405 from
+the handshake itself, before ``process_request``.)
 """
 
 from __future__ import annotations
@@ -14,11 +12,9 @@ import importlib.resources
 from http import HTTPStatus
 from typing import Any, Sequence
 
-from .exceptions import InvalidRequest
-from .handshake import Headers, Request, Response, parse_request_line
-from .server import Server
+from .handshake import Headers, Request, Response
 
-__all__ = ["PageAndHealth", "answer_other_methods", "page_bytes"]
+__all__ = ["PageAndHealth", "page_bytes"]
 
 
 def page_bytes() -> bytes:
@@ -53,28 +49,3 @@ class PageAndHealth:
     def _answer(self, status: int, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()) -> Response:
         headers = Headers([("Content-Type", content_type), ("X-Content-Type-Options", "nosniff"), *extra, *self.extra_headers])
         return Response(status, headers, body)
-
-
-class _MethodCheck:
-    """Wraps a server's ServerHandshake: a non-GET request without Upgrade gets 405 instead of 400."""
-
-    def __init__(self, handshake: Any) -> None:
-        self._handshake = handshake
-
-    def parse(self, start_line: str, headers: Headers) -> Request:
-        method = parse_request_line(start_line)[0]
-        if method != "GET" and "websocket" not in headers.tokens("Upgrade"):
-            raise InvalidRequest(f"method {method[:16]} not allowed: only GET is served", HTTPStatus.METHOD_NOT_ALLOWED, [("Allow", "GET")])
-        return self._handshake.parse(start_line, headers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._handshake, name)
-
-
-def answer_other_methods(server: Server) -> None:
-    """Make ``server`` answer 405 (with ``Allow: GET``) to plain-HTTP requests that are not GET.
-
-    Call it right after the server is created, before the event loop runs again.
-    """
-    if not isinstance(server.handshake, _MethodCheck):
-        server.handshake = _MethodCheck(server.handshake)  # type: ignore[assignment]

@@ -46,6 +46,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.reader = HeadReader(InvalidRequest)
         self.pending = b""  # bytes after the head, while process_request runs
         self.head_done = False
+        self.head_method = False  # a HEAD request: answers carry no body
         self.timer: asyncio.TimerHandle | None = None
         self.peer: Any = None
 
@@ -67,6 +68,7 @@ class _HandshakeProtocol(asyncio.Protocol):
                 return
             self.head_done = True
             start_line, headers, rest = head
+            self.head_method = start_line.startswith("HEAD ")
             request = self.server.handshake.parse(start_line, headers)
         except InvalidRequest as exc:
             self._reject(exc)
@@ -146,7 +148,7 @@ class _HandshakeProtocol(asyncio.Protocol):
 
     def _reject(self, exc: InvalidRequest) -> None:
         logger.info("%s: refused the handshake: %d %s", _addr(self.peer), exc.status, exc)
-        self._respond(http_response(exc.status, f"{exc}\n", exc.headers))
+        self._respond(http_response(exc.status, f"{exc}\n", exc.headers, head=self.head_method))
 
     def _respond(self, data: bytes) -> None:
         self._finish()

@@ -166,10 +166,18 @@ def test_two_keys_are_400() -> None:
     "line",
     ["POST / HTTP/1.1", "PUT /x HTTP/1.1", "GET / HTTP/1.0", "GET / HTTP/2", "GET /", "GET  HTTP/1.1", "get / HTTP/1.1"],
 )
-def test_request_line_that_is_not_http11_get_is_400(line: str) -> None:
+def test_upgrade_request_line_that_is_not_http11_get_is_400(line: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        ServerHandshake().parse(line, Headers())
+        ServerHandshake().parse(line, Headers([("Upgrade", "websocket")]))
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "HEAD", "get"])
+def test_plain_request_with_another_method_is_405(method: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        ServerHandshake().parse(f"{method} / HTTP/1.1", Headers())
+    assert info.value.status == 405
+    assert ("Allow", "GET") in info.value.headers
 
 
 def test_request_line_keeps_path_and_query() -> None:

@@ -84,6 +84,11 @@ def test_other_methods_without_upgrade_are_405(run: Any, method: str) -> None:
             response = await http(port, get("/healthz", method))
             assert response.status == 405
             assert response.headers["allow"] == "GET"
+            if method == "HEAD":  # the headers a GET would get, no body
+                assert int(response.headers["content-length"]) > 0
+                assert response.body == b""
+            else:
+                assert b"not allowed" in response.body
 
     run(main())
 

@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as harness  # noqa: E402  (bench/run.py: loadgen build, pinning, /proc readers)
@@ -102,33 +100,10 @@ def measure(loadgen: str, servers: list[harness.Server], path: str, subscribers:
     if len(servers) > 1:
         cmd += ["--port2", str(servers[1].port)]
     pids = [s.proc.pid for s in servers]
-    lg = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=harness.pin(harness.LOADGEN_CPU))
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=harness.line_reader, args=(lg.stderr, lines, "err"), daemon=True).start()
-    marks, notes = {}, []
-    deadline = time.monotonic() + args.warmup + args.duration + 120
-    while True:
-        try:
-            _, line, _ = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            lg.kill()
-            notes.append("loadgen timed out")
-            break
-        if line is None:
-            break
-        if line in ("MEASURE_START", "MEASURE_END"):
-            marks[line] = (sum(harness.proc_cpu(pid) for pid in pids), sum(harness.proc_status_kib(pid, "VmRSS") for pid in pids))
-        elif not line.startswith("CONNECTED"):
-            notes.append(line)
-    result = {}
-    for line in lg.stdout.read().splitlines():
-        if line.startswith("{"):
-            result = json.loads(line)
-    lg.wait()
+    result, marks, notes, _ = harness.drive_loadgen(cmd, pids, args.warmup + args.duration + 120)
     if "MEASURE_START" in marks and "MEASURE_END" in marks:
-        result["server_cpu_s"] = round(marks["MEASURE_END"][0] - marks["MEASURE_START"][0], 3)
-        result["rss_end_kib"] = marks["MEASURE_END"][1]
+        result["server_cpu_s"] = round(marks["MEASURE_END"][1] - marks["MEASURE_START"][1], 3)
+        result["rss_end_kib"] = marks["MEASURE_END"][2]
     result["peak_rss_kib"] = sum(harness.proc_status_kib(pid, "VmHWM") for pid in pids if os.path.exists(f"/proc/{pid}"))
     if notes:
         result["notes"] = notes[:5]

@@ -340,21 +340,19 @@ class Server:
             self.errf.close()
 
 
-def run_one(loadgen, server, case, warmup, duration):
-    """One loadgen run against a started server; returns a result dict."""
-    pid = server.proc.pid
-    rss_base = proc_status_kib(pid, "VmRSS")
-    cmd = [loadgen, "--port", str(server.port), "--path", case.path,
-           "--mode", case.mode, "--conns", str(case.conns), "--size", str(case.size),
-           "--inflight", str(case.inflight), "--warmup", str(warmup), "--duration", str(duration)]
-    if case.text:
-        cmd.append("--text")
+def drive_loadgen(cmd, pids, timeout):
+    """Run the load generator to its end, pinned to its CPU; returns (result, marks, notes, rc).
+
+    ``marks`` maps MEASURE_START / MEASURE_END to (monotonic time, CPU seconds
+    of ``pids``, VmRSS KiB of ``pids``, busy CPU seconds of the machine), taken
+    when the load generator prints them; ``notes`` are its other stderr lines.
+    """
     lg = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           preexec_fn=pin(LOADGEN_CPU))
     q = queue.Queue()
     threading.Thread(target=line_reader, args=(lg.stderr, q, "err"), daemon=True).start()
     marks, notes = {}, []
-    deadline = time.monotonic() + warmup + duration + 120
+    deadline = time.monotonic() + timeout
     while True:
         try:
             _, line, _ = q.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -366,19 +364,29 @@ def run_one(loadgen, server, case, warmup, duration):
             break
         if line in ("MEASURE_START", "MEASURE_END"):
             try:
-                marks[line] = (time.monotonic(), proc_cpu(pid), proc_status_kib(pid, "VmRSS"), busy_cpu_s())
+                marks[line] = (time.monotonic(), sum(proc_cpu(pid) for pid in pids),
+                               sum(proc_status_kib(pid, "VmRSS") for pid in pids), busy_cpu_s())
             except OSError:
                 notes.append("server exited during the run")
-        elif line.startswith("CONNECTED"):
-            pass
-        else:
+        elif not line.startswith("CONNECTED"):
             notes.append(line)
-    out = lg.stdout.read()
-    rc = lg.wait()
-    res = {}
-    for ln in out.splitlines():
+    result = {}
+    for ln in lg.stdout.read().splitlines():
         if ln.startswith("{"):
-            res = json.loads(ln)
+            result = json.loads(ln)
+    return result, marks, notes, lg.wait()
+
+
+def run_one(loadgen, server, case, warmup, duration):
+    """One loadgen run against a started server; returns a result dict."""
+    pid = server.proc.pid
+    rss_base = proc_status_kib(pid, "VmRSS")
+    cmd = [loadgen, "--port", str(server.port), "--path", case.path,
+           "--mode", case.mode, "--conns", str(case.conns), "--size", str(case.size),
+           "--inflight", str(case.inflight), "--warmup", str(warmup), "--duration", str(duration)]
+    if case.text:
+        cmd.append("--text")
+    res, marks, notes, rc = drive_loadgen(cmd, [pid], warmup + duration + 120)
     alive = server.proc.poll() is None
     res["loadgen_rc"] = rc
     res["server_alive"] = alive

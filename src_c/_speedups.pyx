@@ -36,6 +36,7 @@ cdef extern from "sys/socket.h" nogil:
         iovec *msg_iov
         size_t msg_iovlen
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     int MSG_NOSIGNAL
 
@@ -991,30 +992,31 @@ cdef class SocketTransport:
                 PyBuffer_Release(&views[i])
 
     cdef Py_ssize_t _send(self, const char *p, Py_ssize_t n) except -2:
-        cdef iovec iov
-        cdef msghdr msg
-        iov.iov_base = <void *>p
-        iov.iov_len = n
-        memset(&msg, 0, sizeof(msg))
-        msg.msg_iov = &iov
-        msg.msg_iovlen = 1
-        return self._sendmsg(&msg)
+        """send() what the socket takes now (see ``_sent``)."""
+        cdef ssize_t r
+        while True:
+            r = send(self._fd, p, n, MSG_NOSIGNAL)
+            if r >= 0 or errno != EINTR:
+                return self._sent(r)
 
     cdef Py_ssize_t _sendmsg(self, msghdr *msg) except -2:
-        """sendmsg() what the socket takes now: bytes sent, or -1 after a fatal error."""
+        """sendmsg() what the socket takes now (see ``_sent``)."""
         cdef ssize_t r
-        cdef int err
         while True:
             r = sendmsg(self._fd, msg, MSG_NOSIGNAL)
-            if r >= 0:
-                return r
-            err = errno
-            if err == EINTR:
-                continue
-            if err == EAGAIN or err == EWOULDBLOCK:
-                return 0
-            self._fatal_error(OSError(err, os.strerror(err)), "Fatal write error on socket transport")
-            return -1
+            if r >= 0 or errno != EINTR:
+                return self._sent(r)
+
+    cdef Py_ssize_t _sent(self, ssize_t r) except -2:
+        """A send's result as bytes sent: 0 when the socket is full, -1 after a fatal error."""
+        cdef int err
+        if r >= 0:
+            return r
+        err = errno
+        if err == EAGAIN or err == EWOULDBLOCK:
+            return 0
+        self._fatal_error(OSError(err, os.strerror(err)), "Fatal write error on socket transport")
+        return -1
 
     cdef _enqueue(self, bytes data, Py_ssize_t offset):
         if not self._queued:

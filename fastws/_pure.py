@@ -153,6 +153,7 @@ class ProtocolCore:
         self.close_code: int | None = None  # received in a close frame, or sent when we failed
         self.close_reason = ""
         self.close_sent = False
+        self._requested_close: tuple[int, str] = (1000, "")  # what close() sent, until the peer answers
         self.close_received = False
         self.failure: ProtocolError | None = None
         # Set on every receive; keepalive clears it and reads it back (any data is liveness).
@@ -399,6 +400,7 @@ class ProtocolCore:
         """Start the closing handshake (nothing to do if it already started)."""
         encoded = check_close_code_to_send(code, reason)
         if self.state == OPEN:
+            self._requested_close = (code, reason)
             self._send_close(code, encoded)
 
     def _send_close(self, code: int | None, reason: bytes) -> None:
@@ -424,7 +426,12 @@ class ProtocolCore:
             self.close_code = 1006
 
     def closed_error(self) -> ConnectionClosed:
-        """The exception that tells why this connection can no longer be used."""
+        """The exception that tells why this connection can no longer be used.
+
+        Before the peer answers our close(), that is the code we sent.
+        """
+        if self.close_code is None and self.close_sent:
+            return connection_closed(*self._requested_close)
         return connection_closed(self.close_code or 1006, self.close_reason)
 
 

@@ -12,7 +12,7 @@ import os
 from typing import Any, AsyncIterator
 
 from .connection import CLOSED, OPEN, Connection, Listener
-from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidState, ProtocolError, connection_closed
+from .exceptions import ConnectionClosedOK, InvalidState, ProtocolError, connection_closed
 from .handshake import Request, Response
 
 __all__ = ["WebSocket"]
@@ -197,7 +197,7 @@ class WebSocket(Listener):
         """Send a message (str → text frame, bytes-like → binary); waits while the write buffer is full."""
         conn = self._conn
         if conn.state != OPEN:
-            raise self._closed_error()
+            raise self._conn.closed_error()
         if self._send_lock is not None or (conn.extension is not None and len(message) > COMPRESS_CHUNK):
             await self._send_serialized(message)
             return
@@ -222,7 +222,7 @@ class WebSocket(Listener):
             async with lock:
                 conn = self._conn
                 if conn.state != OPEN:
-                    raise self._closed_error()
+                    raise self._conn.closed_error()
                 if conn.extension is None or len(message) <= COMPRESS_CHUNK:
                     conn.send(message)
                     if conn.writing_paused:
@@ -235,7 +235,7 @@ class WebSocket(Listener):
                 last = len(payload) - COMPRESS_CHUNK
                 for start in range(0, len(payload), COMPRESS_CHUNK):
                     if conn.state != OPEN:
-                        raise self._closed_error()
+                        raise self._conn.closed_error()
                     conn.send_frame(opcode if start == 0 else 0, payload[start : start + COMPRESS_CHUNK], start >= last)
                     if conn.writing_paused:
                         await self._drain()
@@ -259,7 +259,7 @@ class WebSocket(Listener):
         """Send a ping; returns a future that resolves to the round-trip time when the pong arrives."""
         conn = self._conn
         if conn.state != OPEN:
-            raise self._closed_error()
+            raise self._conn.closed_error()
         if data is None:
             data = os.urandom(4)
             while data in self._pong_waiters:
@@ -288,13 +288,6 @@ class WebSocket(Listener):
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""
         await asyncio.shield(self._conn.closed)
-
-    def _closed_error(self) -> ConnectionClosed:
-        conn = self._conn
-        if conn.state == CLOSED or conn.close_code is not None:
-            return conn.closed_error()
-        # Closing handshake under way: report what we know so far.
-        return connection_closed(conn.close_code or 1000, conn.close_reason)
 
     async def __aenter__(self) -> "WebSocket":
         return self

@@ -267,6 +267,8 @@ cdef class ProtocolCore:
     cdef public object close_code
     cdef public object close_reason
     cdef public bint close_sent
+    cdef int _requested_code  # what close() sent, until the peer answers
+    cdef str _requested_reason
     cdef public bint close_received
     cdef public object failure
     cdef public bint received_data  # set on every receive; keepalive reads and clears it
@@ -317,6 +319,8 @@ cdef class ProtocolCore:
         self.close_code = None
         self.close_reason = ""
         self.close_sent = False
+        self._requested_code = 1000
+        self._requested_reason = ""
         self.close_received = False
         self.failure = None
         self.received_data = False
@@ -696,6 +700,8 @@ cdef class ProtocolCore:
         """Start the closing handshake (nothing to do if it already started)."""
         encoded = check_close_code_to_send(code, reason)
         if self.state == OPEN:
+            self._requested_code = code
+            self._requested_reason = reason
             self._send_close(code, encoded)
 
     def _send_close(self, code, bytes reason):
@@ -724,7 +730,12 @@ cdef class ProtocolCore:
         self._msg = NULL
 
     def closed_error(self):
-        """The exception that tells why this connection can no longer be used."""
+        """The exception that tells why this connection can no longer be used.
+
+        Before the peer answers our close(), that is the code we sent.
+        """
+        if self.close_code is None and self.close_sent:
+            return connection_closed(self._requested_code, self._requested_reason)
         return connection_closed(self.close_code or 1006, self.close_reason)
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _wsutil import Frame, build_frame, close_payload, expected_accept, parse_frames, upgrade_request
-from fastws import ConnectionClosed, FastWSError, PayloadTooBig, ProtocolError
+from fastws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, FastWSError, PayloadTooBig, ProtocolError
 from fastws.protocol import (
     CLOSED,
     CLOSING,
@@ -394,8 +394,9 @@ def test_messages_before_close_are_delivered_and_nothing_after_it() -> None:
 def test_sending_after_close_raises_connection_closed() -> None:
     proto = open_server()
     proto.close(1000)
-    with pytest.raises(ConnectionClosed):
+    with pytest.raises(ConnectionClosedOK) as before_answer:
         proto.send("x")
+    assert before_answer.value.code == 1000
     with pytest.raises(ConnectionClosed):
         proto.ping()
     feed_server(proto, build_frame(CLOSE, close_payload(1000)))
@@ -403,6 +404,18 @@ def test_sending_after_close_raises_connection_closed() -> None:
     with pytest.raises(ConnectionClosed) as info:
         proto.send(b"x")
     assert info.value.code == 1000
+
+
+def test_sending_after_own_close_with_a_code_reports_that_code() -> None:
+    proto = open_server()
+    proto.close(4002, "bye")
+    with pytest.raises(ConnectionClosedError) as info:
+        proto.send("x")
+    assert (info.value.code, info.value.reason) == (4002, "bye")
+    feed_server(proto, build_frame(CLOSE, close_payload(4002, b"ok")))  # the peer's answer wins
+    with pytest.raises(ConnectionClosedError) as info:
+        proto.send("x")
+    assert (info.value.code, info.value.reason) == (4002, "ok")
 
 
 def test_sending_after_receiving_close_raises() -> None:

@@ -3,7 +3,7 @@ import asyncio
 
 from aiohttp import WSMsgType, web
 
-from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
+from common import MAX_SIZE, announce, lib_version, run_server
 
 fanout_members = set()
 
@@ -50,9 +50,4 @@ async def main(args, loop_name):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    loop_name = install_loop(args)
-    try:
-        asyncio.run(main(args, loop_name))
-    except KeyboardInterrupt:
-        pass
+    run_server(main, __doc__)

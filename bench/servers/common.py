@@ -43,6 +43,16 @@ def lib_version(dist):
         return "unknown"
 
 
+def run_server(main, description):
+    """Parse the arguments, pick the loop and run ``main(args, loop_name)`` until interrupted."""
+    args = parse_args(description)
+    loop_name = install_loop(args)
+    try:
+        asyncio.run(main(args, loop_name))
+    except KeyboardInterrupt:
+        pass
+
+
 def announce(port, **info):
     info.setdefault("python", platform.python_version())
     info.setdefault("pid", os.getpid())

@@ -5,10 +5,9 @@ hot path) or FASTWS_EXTENSION=0 (pure Python), read by fastws at import time.
 ``/pubsub`` is the fan-out through a pub/sub topic (``server.publish``); with
 FASTWS_BENCH_BROKER=redis://... the topic is shared with other processes.
 """
-import asyncio
 import os
 
-from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
+from common import MAX_SIZE, announce, lib_version, run_server
 
 import fastws
 
@@ -53,9 +52,4 @@ async def main(args, loop_name):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    loop_name = install_loop(args)
-    try:
-        asyncio.run(main(args, loop_name))
-    except KeyboardInterrupt:
-        pass
+    run_server(main, __doc__)

@@ -3,12 +3,11 @@
 picows uses aiofastnet for its transports by default when it is installed;
 the INFO line records whether it is.
 """
-import asyncio
 
 import picows
 from picows import WSListener, WSMsgType, ws_create_server
 
-from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
+from common import MAX_SIZE, announce, lib_version, run_server
 
 try:
     import aiofastnet  # noqa: F401
@@ -68,9 +67,4 @@ async def main(args, loop_name):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    loop_name = install_loop(args)
-    try:
-        asyncio.run(main(args, loop_name))
-    except KeyboardInterrupt:
-        pass
+    run_server(main, __doc__)

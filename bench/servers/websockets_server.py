@@ -4,7 +4,7 @@ import asyncio
 import websockets
 from websockets.asyncio.server import broadcast, serve
 
-from common import MAX_SIZE, announce, install_loop, lib_version, parse_args
+from common import MAX_SIZE, announce, lib_version, run_server
 
 fanout_members = set()
 
@@ -37,9 +37,4 @@ async def main(args, loop_name):
 
 
 if __name__ == "__main__":
-    args = parse_args(__doc__)
-    loop_name = install_loop(args)
-    try:
-        asyncio.run(main(args, loop_name))
-    except KeyboardInterrupt:
-        pass
+    run_server(main, __doc__)

@@ -533,11 +533,14 @@ cdef class ProtocolCore:
         cdef Py_ssize_t cap
         if self._msg != NULL and needed <= self._msg_cap:
             return 0
-        cap = needed
         if self._f_len - self._f_done > extra and self._f_len <= PREALLOCATE:
             cap = frame_end  # small frame: all of it at once
-        elif self._msg_cap * 2 > cap:
-            cap = self._msg_cap * 2  # large frame: grow geometrically as it arrives
+        else:
+            # Large frame: at most four times what has arrived (a header alone
+            # cannot make us allocate much), in few steps, because each step
+            # may copy: with connections interleaving, realloc seldom extends
+            # a block in place.
+            cap = (needed if needed > self._msg_cap else self._msg_cap) * 4
             if cap > frame_end:
                 cap = frame_end
         if self._msg == NULL:
@@ -767,6 +770,8 @@ def broadcast(connections, int opcode, payload):
 
 # At most this many buffers go to one sendmsg().
 DEF MAX_IOV = 64
+# Full buffers read per readiness event before the other connections get a turn.
+DEF READS_PER_EVENT = 16
 # asyncio's default write buffer limits.
 DEF DEFAULT_HIGH = 65536
 
@@ -885,6 +890,7 @@ cdef class SocketTransport:
     def _read_ready(self):
         cdef ssize_t n
         cdef int err
+        cdef Py_ssize_t budget = READS_PER_EVENT
         while self._reading:
             n = recv(self._fd, self._rptr, READ_BUFFER, 0)
             if n > 0:
@@ -896,8 +902,9 @@ cdef class SocketTransport:
                 except Exception as exc:
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                     return
-                if n < READ_BUFFER:
-                    return
+                budget -= 1
+                if n < READ_BUFFER or budget == 0:
+                    return  # drained, or other connections' turn
             elif n == 0:
                 self._eof_received()
                 return

@@ -429,10 +429,12 @@ def cpu_model():
 
 
 def git_commit():
+    """HEAD, with -dirty when tracked files other than earlier results differ from it."""
     try:
         c = subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)bench/results"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
         return (c or "none") + ("-dirty" if dirty and c else "")
     except OSError:

@@ -188,6 +188,11 @@ class HeadReader:
         return self._error(message, HTTPStatus.BAD_REQUEST)
 
 
+def upgrades_to_websocket(headers: Headers) -> bool:
+    """Whether a request or response says ``Upgrade: websocket``."""
+    return "websocket" in headers.tokens("Upgrade")
+
+
 def parse_request_line(line: str) -> tuple[str, str, str]:
     parts = line.split(" ")
     if len(parts) != 3 or not parts[1]:
@@ -236,7 +241,7 @@ class ServerHandshake:
         """
         method, target, version = parse_request_line(start_line)
         if method != "GET":
-            if "websocket" in headers.tokens("Upgrade"):
+            if upgrades_to_websocket(headers):
                 raise InvalidRequest(f"method {method[:16]} not allowed: a WebSocket upgrade is a GET")
             raise InvalidRequest(
                 f"method {method[:16]} not allowed: only GET is served", HTTPStatus.METHOD_NOT_ALLOWED, [("Allow", "GET")]
@@ -246,8 +251,7 @@ class ServerHandshake:
     def accept(self, request: Request) -> tuple[bytes, str | None, object]:
         """Check an upgrade request. Returns (101 response, subprotocol, extension)."""
         headers = request.headers
-        upgrade = headers.tokens("Upgrade")
-        if "websocket" not in upgrade:
+        if not upgrades_to_websocket(headers):
             raise InvalidRequest(
                 "not a WebSocket upgrade request (no 'Upgrade: websocket')",
                 HTTPStatus.UPGRADE_REQUIRED,
@@ -376,7 +380,7 @@ class ClientHandshake:
         response = Response(status, headers, b"", parts[2] if len(parts) > 2 else "")
         if status != 101:
             raise InvalidResponse(f"server rejected the WebSocket connection: HTTP {status}", status)
-        if "websocket" not in headers.tokens("Upgrade"):
+        if not upgrades_to_websocket(headers):
             raise InvalidResponse("response lacks 'Upgrade: websocket'", status)
         if "upgrade" not in headers.tokens("Connection"):
             raise InvalidResponse("response lacks 'Connection: Upgrade'", status)

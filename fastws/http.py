@@ -12,7 +12,7 @@ import importlib.resources
 from http import HTTPStatus
 from typing import Any, Sequence
 
-from .handshake import Headers, Request, Response
+from .handshake import Headers, Request, Response, upgrades_to_websocket
 
 __all__ = ["PageAndHealth", "page_bytes"]
 
@@ -20,10 +20,6 @@ __all__ = ["PageAndHealth", "page_bytes"]
 def page_bytes() -> bytes:
     """The browser client page shipped in the package."""
     return importlib.resources.files("fastws").joinpath("static", "index.html").read_bytes()
-
-
-def is_upgrade(request: Request) -> bool:
-    return "websocket" in request.headers.tokens("Upgrade")
 
 
 class PageAndHealth:
@@ -37,7 +33,7 @@ class PageAndHealth:
         self.page = page_bytes()
 
     def __call__(self, request: Request) -> Response | None:
-        if is_upgrade(request):
+        if upgrades_to_websocket(request.headers):
             return None
         path = request.path.split("?", 1)[0]
         if path == "/":

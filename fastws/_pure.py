@@ -158,6 +158,10 @@ class ProtocolCore:
         self.failure: ProtocolError | None = None
         # Set on every receive; keepalive clears it and reads it back (any data is liveness).
         self.received_data = False
+        # The transport's write buffer is over its high-water mark: pings are not
+        # answered at once; only the latest one's payload waits (RFC 6455 5.5.3).
+        self.writing_paused = False
+        self._pending_pong: bytes | None = None
         self._write: Callable[[bytes], Any] = _discard
         self._on_message: Callable[[Any, bytes, bool], Any] = _discard_message
         # Header and large payload in one call (one writev on uvloop); the
@@ -180,7 +184,7 @@ class ProtocolCore:
     # -- hooks for subclasses (rare events) ----------------------------------
 
     def _on_ping(self, payload: bytes) -> None:
-        """A ping arrived (the pong is already sent)."""
+        """A ping arrived (the pong is sent, or waits for the write buffer to drain)."""
 
     def _on_pong(self, payload: bytes) -> None:
         """A pong arrived."""
@@ -342,7 +346,10 @@ class ProtocolCore:
     def _handle_control(self, opcode: int, payload: bytes) -> None:
         if opcode == 9:
             if self.state == OPEN:
-                self._write(encode_frame(10, payload, mask=self.client))
+                if self.writing_paused:
+                    self._pending_pong = payload
+                else:
+                    self._write(encode_frame(10, payload, mask=self.client))
             self._on_ping(payload)
         elif opcode == 10:
             self._on_pong(payload)
@@ -356,6 +363,21 @@ class ProtocolCore:
             self._on_close_frame(code, reason)
             if not self.client:
                 self._close_transport()
+
+    # -- flow control (the transport calls these) ------------------------------------
+
+    def pause_writing(self) -> None:
+        """The write buffer is over its high-water mark: pongs wait, the latest one only."""
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        """The write buffer drained: the pong of the latest unanswered ping goes out."""
+        self.writing_paused = False
+        payload = self._pending_pong
+        if payload is not None:
+            self._pending_pong = None
+            if self.state == OPEN:
+                self._write(encode_frame(10, payload, mask=self.client))
 
     # -- output -------------------------------------------------------------------
 

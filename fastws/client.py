@@ -173,7 +173,7 @@ async def create_connection(
     listener.on_connect(conn)
     if rest:
         conn.receive_data(rest)
-    transport.resume_reading()
+    conn.start_reading()
     return conn
 
 

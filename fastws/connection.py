@@ -25,6 +25,10 @@ __all__ = ["Listener", "Connection", "broadcast", "OPEN", "CLOSING", "CLOSED"]
 
 OPEN, CLOSING, CLOSED = _accel.OPEN, _accel.CLOSING, _accel.CLOSED
 
+# Why a connection does not read (Connection._reading_held).
+_HELD_BY_APPLICATION = 1  # pause_reading(), e.g. the WebSocket API's full receive queue
+_HELD_BY_WRITES = 2  # the write buffer is over its high-water mark
+
 # Defaults of servers and clients: fragments per message (Autobahn 9.3/9.4 send
 # 65536), and the write buffer's high-water mark (the low one is a quarter).
 MAX_FRAGMENTS = 2**17
@@ -37,6 +41,14 @@ class Listener:
     Subclass it and override what you need; keep the callbacks short and
     non-blocking (they run inside ``data_received``).
     """
+
+    #: Stop reading from the peer while the write buffer is over its high-water
+    #: mark, so that what callbacks write in answer to the peer (``conn.send`` in
+    #: ``on_message``) cannot pile up: a peer that sends without reading is held
+    #: back by TCP instead. A listener that bounds its own output sets it False
+    #: and keeps reading (the ``WebSocket`` API does: its ``send`` waits). Pongs
+    #: never pile up either way: while writing is paused only the latest waits.
+    pause_reading_while_writing_paused = True
 
     def on_connect(self, conn: "Connection") -> None:
         """The handshake is done; ``conn`` can send."""
@@ -104,7 +116,7 @@ class Connection(_accel.ProtocolCore):
         self.close_timeout = close_timeout
         self.remote_address = transport.get_extra_info("peername")
         self.logger = logger or logging.getLogger("fastws.client" if client else "fastws.server")
-        self.writing_paused = False
+        self._reading_held = 0  # _HELD_BY_* bits: reading resumes when none is left
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._abort_handle: asyncio.TimerHandle | None = None
         self._topics: set[str] | None = None  # pub/sub subscriptions, kept by server.pubsub
@@ -171,14 +183,43 @@ class Connection(_accel.ProtocolCore):
                 self.closed.set_result(None)
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        super().pause_writing()  # pongs wait
+        if self.listener.pause_reading_while_writing_paused:
+            self._hold_reading(_HELD_BY_WRITES)
         self.listener.pause_writing(self)
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        super().resume_writing()  # the pending pong goes out
+        self._release_reading(_HELD_BY_WRITES)
         if self._topics:
             self.server.pubsub.writing_resumed(self)
         self.listener.resume_writing(self)
+
+    # -- reading (back-pressure on the peer) ---------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer until ``resume_reading()``; TCP pushes back on it."""
+        self._hold_reading(_HELD_BY_APPLICATION)
+
+    def resume_reading(self) -> None:
+        """Read again, unless the write buffer is still over its high-water mark."""
+        self._release_reading(_HELD_BY_APPLICATION)
+
+    def start_reading(self) -> None:
+        """After the handshake: start reading unless something already holds it."""
+        if not self._reading_held and self.state != CLOSED:
+            self.transport.resume_reading()
+
+    def _hold_reading(self, reason: int) -> None:
+        if not self._reading_held and self.state != CLOSED:
+            self.transport.pause_reading()
+        self._reading_held |= reason
+
+    def _release_reading(self, reason: int) -> None:
+        if self._reading_held & reason:
+            self._reading_held &= ~reason
+            if not self._reading_held and self.state != CLOSED and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # -- pub/sub (see fastws.pubsub) -----------------------------------------
 

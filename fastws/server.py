@@ -139,7 +139,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         )
         transport.write(answer)
         transport.set_protocol(conn)
-        transport.resume_reading()
+        conn.start_reading()
         server._add_connection(conn)
         listener.on_connect(conn)
         if self.pending and conn.state == OPEN:

@@ -31,6 +31,10 @@ class WebSocket(Listener):
     drains it to half.
     """
 
+    # send() waits while the write buffer is full, so reading can go on (and
+    # full-duplex streams between two fastws peers cannot stall each other).
+    pause_reading_while_writing_paused = False
+
     def __init__(self, *, max_queue: int | None = 16) -> None:
         self.max_queue = max_queue
         self.conn: Connection | None = None
@@ -57,7 +61,7 @@ class WebSocket(Listener):
             waiter.set_result(None)
         if self.max_queue is not None and len(self._messages) >= self.max_queue and not self._reading_paused:
             self._reading_paused = True
-            conn.transport.pause_reading()
+            conn.pause_reading()
 
     def on_pong(self, conn: Connection, payload: bytes) -> None:
         if payload not in self._pong_waiters:
@@ -178,8 +182,7 @@ class WebSocket(Listener):
         message = messages.popleft()
         if self._reading_paused and len(messages) <= (self.max_queue or 0) // 2:
             self._reading_paused = False
-            if self._conn.state != CLOSED:
-                self._conn.transport.resume_reading()
+            self._conn.resume_reading()
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:

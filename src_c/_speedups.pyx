@@ -12,6 +12,7 @@ import os
 import threading
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
@@ -38,7 +39,11 @@ cdef extern from "sys/socket.h" nogil:
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
+    ctypedef unsigned int socklen_t
+    int getsockopt(int fd, int level, int name, void *value, socklen_t *size)
     int MSG_NOSIGNAL
+    int SOL_SOCKET
+    int SO_ERROR
 
 cdef extern from "unistd.h" nogil:
     int close(int fd)
@@ -272,6 +277,10 @@ cdef class ProtocolCore:
     cdef public bint close_received
     cdef public object failure
     cdef public bint received_data  # set on every receive; keepalive reads and clears it
+    # The transport's write buffer is over its high-water mark: pings are not
+    # answered at once; only the latest one's payload waits (RFC 6455 5.5.3).
+    cdef public bint writing_paused
+    cdef object _pending_pong
     cdef public object _write
     cdef public object _on_message
     # Header and large payload in one call (one writev on uvloop); the
@@ -324,6 +333,8 @@ cdef class ProtocolCore:
         self.close_received = False
         self.failure = None
         self.received_data = False
+        self.writing_paused = False
+        self._pending_pong = None
         self._write = _discard
         self._on_message = _discard_message
         self._writelines = self._write_each
@@ -355,7 +366,7 @@ cdef class ProtocolCore:
     # -- hooks for subclasses (rare events) ----------------------------------
 
     def _on_ping(self, payload):
-        """A ping arrived (the pong is already sent)."""
+        """A ping arrived (the pong is sent, or waits for the write buffer to drain)."""
 
     def _on_pong(self, payload):
         """A pong arrived."""
@@ -621,7 +632,10 @@ cdef class ProtocolCore:
         payload = PyBytes_FromStringAndSize(<char *>self._ctrl, self._f_len)
         if self._f_opcode == 9:
             if self.state == OPEN:
-                self._write(_encode(10, self._ctrl, self._f_len, True, False, self.client))
+                if self.writing_paused:
+                    self._pending_pong = payload
+                else:
+                    self._write(_encode(10, self._ctrl, self._f_len, True, False, self.client))
             self._on_ping(payload)
         elif self._f_opcode == 10:
             self._on_pong(payload)
@@ -636,6 +650,21 @@ cdef class ProtocolCore:
             if not self.client:
                 self._close_transport()
         return 0
+
+    # -- flow control (the transport calls these) ------------------------------------
+
+    def pause_writing(self):
+        """The write buffer is over its high-water mark: pongs wait, the latest one only."""
+        self.writing_paused = True
+
+    def resume_writing(self):
+        """The write buffer drained: the pong of the latest unanswered ping goes out."""
+        self.writing_paused = False
+        payload = self._pending_pong
+        if payload is not None:
+            self._pending_pong = None
+            if self.state == OPEN:
+                self._write(_encode(10, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False, self.client))
 
     # -- output -------------------------------------------------------------------
 
@@ -774,6 +803,12 @@ DEF MAX_IOV = 64
 DEF READS_PER_EVENT = 16
 # asyncio's default write buffer limits.
 DEF DEFAULT_HIGH = 65536
+# Queued writes smaller than this are copied into one buffer at the queue's end
+# instead of each keeping its own object: a flood of tiny frames (pongs, small
+# echoes) then holds what its bytes weigh, not an object and a list slot each.
+DEF COALESCE_BELOW = 1024
+# That buffer stops growing here and the next small write starts another.
+DEF COALESCE_UP_TO = 65536
 
 
 cdef class SocketTransport:
@@ -798,7 +833,8 @@ cdef class SocketTransport:
     cdef object _protocol
     cdef ProtocolCore _core  # the protocol when it is a ProtocolCore: bytes go to it in C
     cdef dict _extra
-    cdef list _queue  # what is not sent yet: bytes objects, the first from _queue_offset
+    cdef list _queue  # what is not sent yet: bytes (and bytearray) objects, the first from _queue_offset
+    cdef bytearray _tail  # the queue's last item while it collects small writes, else None
     cdef Py_ssize_t _queue_offset
     cdef Py_ssize_t _queued
     cdef Py_ssize_t _high
@@ -820,6 +856,7 @@ cdef class SocketTransport:
         self._core = None
         self._extra = extra if extra is not None else {}
         self._queue = []
+        self._tail = None
         self._queue_offset = 0
         self._queued = 0
         self._high = DEFAULT_HIGH
@@ -888,6 +925,13 @@ cdef class SocketTransport:
             self._loop.remove_reader(self._fd)
 
     def _read_ready(self):
+        """Read until the socket is drained (EAGAIN), at EOF, or failed.
+
+        A short read is not taken as drained: uvloop reports a socket error
+        (a reset) by calling the reader once more and then forgetting the
+        descriptor, so the error that follows data must be read in the same
+        call or the connection would never learn of it.
+        """
         cdef ssize_t n
         cdef int err
         cdef Py_ssize_t budget = READS_PER_EVENT
@@ -903,8 +947,13 @@ cdef class SocketTransport:
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                     return
                 budget -= 1
-                if n < READ_BUFFER or budget == 0:
-                    return  # drained, or other connections' turn
+                if budget == 0:
+                    # Other connections' turn; a pending error must not wait for
+                    # a readiness event that uvloop may not deliver again.
+                    err = _socket_error(self._fd)
+                    if err:
+                        self._fatal_error(OSError(err, os.strerror(err)), "Fatal read error on socket transport")
+                    return
             elif n == 0:
                 self._eof_received()
                 return
@@ -1037,11 +1086,25 @@ cdef class SocketTransport:
         return -1
 
     cdef _enqueue(self, bytes data, Py_ssize_t offset):
+        """Queue ``data`` from ``offset`` (only the first item of an empty queue has one)."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data) - offset
+        cdef Py_ssize_t size
         if not self._queued:
-            self._queue_offset = offset
+            self._queue_offset = 0
             self._loop.add_writer(self._fd, self._write_ready)
-        self._queue.append(data)
-        self._queued += PyBytes_GET_SIZE(data) - offset
+        if n < COALESCE_BELOW:
+            if self._tail is None or PyByteArray_GET_SIZE(self._tail) >= COALESCE_UP_TO:
+                self._tail = bytearray()
+                self._queue.append(self._tail)
+            size = PyByteArray_GET_SIZE(self._tail)
+            PyByteArray_Resize(self._tail, size + n)
+            memcpy(PyByteArray_AS_STRING(self._tail) + size, PyBytes_AS_STRING(data) + offset, n)
+        else:
+            if not self._queue:
+                self._queue_offset = offset
+            self._queue.append(data)
+            self._tail = None
+        self._queued += n
         self._check_high_water()
 
     cdef _check_high_water(self):
@@ -1057,15 +1120,19 @@ cdef class SocketTransport:
         cdef iovec iov[MAX_IOV]
         cdef msghdr msg
         cdef Py_ssize_t count, i, sent, batch
-        cdef bytes item
+        cdef object item
         while self._queued and not self._lost:
             count = min(len(self._queue), MAX_IOV)
             batch = 0
             for i in range(count):
                 item = self._queue[i]
-                iov[i].iov_base = PyBytes_AS_STRING(item)
-                iov[i].iov_len = PyBytes_GET_SIZE(item)
-                batch += PyBytes_GET_SIZE(item)
+                if PyBytes_CheckExact(item):
+                    iov[i].iov_base = PyBytes_AS_STRING(item)
+                    iov[i].iov_len = PyBytes_GET_SIZE(item)
+                else:
+                    iov[i].iov_base = PyByteArray_AS_STRING(item)
+                    iov[i].iov_len = PyByteArray_GET_SIZE(item)
+                batch += iov[i].iov_len
             iov[0].iov_base = <char *>iov[0].iov_base + self._queue_offset
             iov[0].iov_len -= self._queue_offset
             batch -= self._queue_offset
@@ -1083,6 +1150,8 @@ cdef class SocketTransport:
             if i:
                 del self._queue[:i]
                 self._queue_offset = sent
+                if not self._queue:
+                    self._tail = None
             else:
                 self._queue_offset += sent
             if self._queued and sent < batch:
@@ -1118,6 +1187,7 @@ cdef class SocketTransport:
             return
         if self._queued:
             self._queue.clear()
+            self._tail = None
             self._queued = 0
             self._loop.remove_writer(self._fd)
         self._closing = True
@@ -1135,6 +1205,15 @@ cdef class SocketTransport:
                 self._fd = -1
             self._protocol = None
             self._core = None
+
+
+cdef int _socket_error(int fd):
+    """The socket's pending error (SO_ERROR, which reading it clears), or 0."""
+    cdef int err = 0
+    cdef socklen_t size = sizeof(err)
+    if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &size) != 0:
+        return errno
+    return err
 
 
 cdef inline Py_ssize_t _header_length(uint8_t b1):

@@ -1,0 +1,121 @@
+"""Runs every atheris harness for a bounded time, then reports line coverage.
+
+Run: python tests/fuzz/run.py [--no-coverage] [harness ...]
+
+* ``FUZZ_SECONDS`` (default 90): total fuzzing time, shared between the harnesses
+  (frames gets half, the others a quarter each).
+* ``FUZZ_WORKDIR``: where new corpus entries, crash artefacts and logs go
+  (default: a fresh temporary directory; never the repository).
+
+The seed corpus (``corpus/<harness>``) and the regressions (``regressions/<harness>``)
+are read, never written. Exit status 1 when a harness crashed (a check failed, or
+a timeout or out-of-memory); the crashing input's path is printed, with the
+commands that reproduce it and turn it into a regression case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from checks import MAX_LEN  # noqa: E402
+
+SHARE = {"frames": 0.5, "handshake": 0.25, "deflate": 0.25}
+COVERED = ["fastws/_pure.py", "fastws/frames.py", "fastws/handshake.py", "fastws/extensions/permessage_deflate.py"]
+
+
+def fuzz(harness: str, seconds: int, work: str) -> tuple[int, list[str], str]:
+    new = os.path.join(work, harness, "corpus")
+    artifacts = os.path.join(work, harness, "artifacts") + os.sep
+    os.makedirs(new, exist_ok=True)
+    os.makedirs(artifacts, exist_ok=True)
+    log = os.path.join(work, harness, "fuzz.log")
+    seeds = [os.path.join(HERE, d, harness) for d in ("corpus", "regressions")]
+    cmd = [
+        sys.executable, os.path.join(HERE, f"fuzz_{harness}.py"),
+        f"-max_total_time={seconds}",
+        f"-max_len={MAX_LEN[harness]}",
+        "-timeout=10",  # seconds per input
+        "-rss_limit_mb=2048",
+        f"-artifact_prefix={artifacts}",
+        "-print_final_stats=1",
+        new, *[d for d in seeds if os.path.isdir(d)],
+    ]
+    with open(log, "wb") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=work).returncode
+    return rc, sorted(glob.glob(artifacts + "*")), log
+
+
+def stats(log: str) -> str:
+    """The last libFuzzer status line and the run count."""
+    lines = open(log, encoding="utf-8", errors="replace").read().splitlines()
+    status = [ln for ln in lines if ln.startswith("#") and ("pulse" in ln or "DONE" in ln or "NEW" in ln or "REDUCE" in ln)]
+    runs = [ln for ln in lines if ln.startswith("stat::number_of_executed_units")]
+    return (status[-1] if status else "(no status line)") + (f" [{runs[-1].split()[-1]} runs]" if runs else "")
+
+
+def coverage(harnesses: list[str], work: str) -> int:
+    data = os.path.join(work, ".coverage")
+    for i, harness in enumerate(harnesses):
+        dirs = [os.path.join(HERE, "corpus", harness), os.path.join(HERE, "regressions", harness), os.path.join(work, harness, "corpus")]
+        cmd = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", "--source=fastws"]
+        if i:
+            cmd.append("--append")
+        cmd += [os.path.join(HERE, "replay.py"), harness, *[d for d in dirs if os.path.isdir(d)]]
+        rc = subprocess.run(cmd, cwd=work).returncode
+        if rc:
+            print(f"coverage replay of {harness} failed (exit {rc})", file=sys.stderr)
+            return rc
+    include = ",".join("*/" + path for path in COVERED)
+    print(f"\n=== line coverage of the pure-Python modules, replaying seeds + regressions + new corpus")
+    return subprocess.run(
+        [sys.executable, "-m", "coverage", "report", f"--data-file={data}", f"--include={include}", "--show-missing"], cwd=work
+    ).returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("harness", nargs="*", choices=[[], *SHARE], help="default: all")
+    parser.add_argument("--no-coverage", action="store_true", help="skip the coverage replay and report")
+    args = parser.parse_args()
+    harnesses = args.harness or list(SHARE)
+    total = int(os.environ.get("FUZZ_SECONDS", "90"))
+    work = os.environ.get("FUZZ_WORKDIR") or tempfile.mkdtemp(prefix="fastws-fuzz.")
+    os.makedirs(work, exist_ok=True)
+    weight = sum(SHARE[h] for h in harnesses)
+    print(f"fuzzing {', '.join(harnesses)} for {total} s in total; work dir {work}")
+    crashed = []
+    for harness in harnesses:
+        seconds = max(1, round(total * SHARE[harness] / weight))
+        start = time.monotonic()
+        rc, artifacts, log = fuzz(harness, seconds, work)
+        took = time.monotonic() - start
+        print(f"{harness}: exit {rc} after {took:.0f} s: {stats(log)}")
+        if rc or artifacts:
+            crashed.append(harness)
+            print(f"--- {harness} FAILED; log {log}; its end:")
+            print("".join(open(log, encoding="utf-8", errors="replace").readlines()[-40:]))
+            for path in artifacts:
+                print(f"crashing input: {path}")
+                print(f"  reproduce:  python tests/fuzz/replay.py {harness} {path}")
+                print(f"  regression: mkdir -p tests/fuzz/regressions/{harness} && cp {path} tests/fuzz/regressions/{harness}/")
+    if not args.no_coverage:
+        if coverage(harnesses, work):
+            return 1
+    if crashed:
+        print(f"\nFUZZING FAILED: {', '.join(crashed)} (artefacts and logs in {work})", file=sys.stderr)
+        return 1
+    print(f"\nno crash; new corpus entries (not in the repository) in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -274,7 +274,7 @@ def _accept_offer(params: Params, settings: Deflate) -> tuple[str, PerMessageDef
     decompress_bits = 15
     if "client_max_window_bits" in params:
         offered = _window_bits(params["client_max_window_bits"], optional=True)
-        wanted = min(offered or 15, settings.peer_window_bits or 15)
+        wanted = min(offered or 15, max(settings.peer_window_bits or 15, _MIN_DEFLATE_BITS))
         if wanted < 15 or offered is not None:
             decompress_bits = wanted
             answer.append(f"client_max_window_bits={wanted}")

@@ -6,6 +6,8 @@ Run: python tests/fuzz/run.py [--no-coverage] [harness ...]
   (frames gets half, the others a quarter each).
 * ``FUZZ_WORKDIR``: where new corpus entries, crash artefacts and logs go
   (default: a fresh temporary directory; never the repository).
+* ``--cython-coverage``: also the line coverage of ``src_c/_speedups.pyx``, from a
+  copy of the sources built with Cython line tracing in the work directory.
 
 The seed corpus (``corpus/<harness>``) and the regressions (``regressions/<harness>``)
 are read, never written. Exit status 1 when a harness crashed (a check failed, or
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,10 +84,65 @@ def coverage(harnesses: list[str], work: str) -> int:
     ).returncode
 
 
+CYTHON_SETUP = """
+from setuptools import Extension, setup
+from Cython.Build import cythonize
+
+setup(
+    name="fastws-linetrace",
+    script_args=["build_ext", "--inplace"],
+    ext_modules=cythonize(
+        [Extension("fastws._speedups", ["src_c/_speedups.pyx", "src_c/fastws_kernels.c"], include_dirs=["src_c"],
+                   define_macros=[("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")])],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
+                             "cdivision": True, "initializedcheck": False, "linetrace": True},
+    ),
+)
+"""
+
+
+def cython_coverage(work: str) -> int:
+    """Line coverage of src_c/_speedups.pyx from replaying the frames inputs through a
+    line-tracing build of the checkout's sources (in ``work``; needs Cython installed)."""
+    root = os.path.dirname(os.path.dirname(HERE))
+    build = os.path.join(work, "linetrace")
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.copytree(os.path.join(root, "fastws"), os.path.join(build, "fastws"))
+    shutil.copytree(os.path.join(root, "src_c"), os.path.join(build, "src_c"))
+    for stale in glob.glob(os.path.join(build, "fastws", "*.so")):
+        os.remove(stale)  # an in-place build from the checkout, without line tracing
+    with open(os.path.join(build, "setup_linetrace.py"), "w") as fh:
+        fh.write(CYTHON_SETUP)
+    with open(os.path.join(build, ".coveragerc"), "w") as fh:
+        fh.write("[run]\nplugins = Cython.Coverage\nsource =\n    fastws\n    src_c\n")
+    print("\n=== building a line-tracing _speedups (CYTHON_TRACE=1) in", build)
+    with open(os.path.join(build, "build.log"), "wb") as log:
+        if subprocess.run([sys.executable, "setup_linetrace.py"], cwd=build, stdout=log, stderr=subprocess.STDOUT).returncode:
+            print(f"build failed, see {build}/build.log", file=sys.stderr)
+            return 1
+    dirs = [os.path.join(HERE, "corpus", "frames"), os.path.join(HERE, "regressions", "frames"), os.path.join(work, "frames", "corpus")]
+    env = dict(os.environ, PYTHONPATH=build)
+    rc = subprocess.run(
+        [sys.executable, "-m", "coverage", "run", "--rcfile=.coveragerc", os.path.join(HERE, "replay.py"), "frames",
+         *[d for d in dirs if os.path.isdir(d)]],
+        cwd=build, env=env,
+    ).returncode
+    if rc:
+        return rc
+    print("=== line coverage of the compiled core (SocketTransport is not driven by any harness)")
+    return subprocess.run(
+        [sys.executable, "-m", "coverage", "report", "--rcfile=.coveragerc", "--include=src_c/*.pyx,fastws/_pure.py"], cwd=build
+    ).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("harness", nargs="*", choices=[[], *SHARE], help="default: all")
     parser.add_argument("--no-coverage", action="store_true", help="skip the coverage replay and report")
+    parser.add_argument(
+        "--cython-coverage", action="store_true",
+        help="also report src_c/_speedups.pyx line coverage (builds a line-tracing copy; needs Cython, ~20 s more)",
+    )
     args = parser.parse_args()
     harnesses = args.harness or list(SHARE)
     total = int(os.environ.get("FUZZ_SECONDS", "90"))
@@ -110,6 +168,8 @@ def main() -> int:
     if not args.no_coverage:
         if coverage(harnesses, work):
             return 1
+    if args.cython_coverage and "frames" in harnesses and cython_coverage(work):
+        return 1
     if crashed:
         print(f"\nFUZZING FAILED: {', '.join(crashed)} (artefacts and logs in {work})", file=sys.stderr)
         return 1

@@ -329,8 +329,10 @@ class ProtocolCore:
         if self._msg_compressed:
             payload = self.extension.decode(payload, fin, self._msg_size, self.max_size)
             self._msg_size += len(payload)
-            if is_text and not self._validator.validate(payload, fin):
+            if is_text and not self._validator.validate(payload):
                 raise ProtocolError("invalid UTF-8 in a text message", 1007)
+            if is_text and fin and not self._validator.validate(b"", True):
+                raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
         if not fin:
             self._msg_parts += payload
             return

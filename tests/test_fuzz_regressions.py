@@ -4,9 +4,7 @@ Every file of ``tests/fuzz/corpus/<harness>/`` (the seeds) and of
 ``tests/fuzz/regressions/<harness>/`` (inputs that once crashed a harness) goes
 through ``checks.CHECKS[harness]``, the function the atheris harness runs, so a
 crash found by ``tests/fuzz/run.py`` stays fixed once its file is copied into
-``regressions/``. Files named ``known-*`` show a known, waived disagreement
-(see ``checks.KNOWN_REASONS``): they pass normally and must still fail in strict
-mode, so the waiver goes when the bug is fixed.
+``regressions/``.
 
 atheris is not needed here. Like tests/test_differential.py, the compiled
 extension is: the frames check compares it with the pure-Python core.
@@ -44,20 +42,11 @@ def _read(path: str) -> bytes:
 
 SEEDS = _files("corpus")
 REGRESSIONS = _files("regressions")
-KNOWN = [p for p in REGRESSIONS if os.path.basename(p.values[1]).startswith("known-")]
 
 
 @pytest.mark.parametrize("harness, path", SEEDS + REGRESSIONS)
 def test_replay(harness: str, path: str) -> None:
     checks.CHECKS[harness](_read(path))
-
-
-@pytest.mark.parametrize("harness, path", KNOWN)
-def test_known_disagreement_is_still_there(harness: str, path: str) -> None:
-    """When this fails, the bug is fixed: drop its KNOWN_REASONS entry and rename the file."""
-    assert harness == "frames"
-    with pytest.raises(checks.Mismatch):
-        checks.check_frames(_read(path), strict=True)
 
 
 def test_seed_corpus_exercises_every_path() -> None:

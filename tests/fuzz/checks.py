@@ -246,38 +246,8 @@ def check_frame_log(log: list[Any], client: bool, opts: dict[str, Any]) -> None:
             _require(event[2] in (1002, 1007, 1009), f"unexpected failure close code {event[2]}")
 
 
-# Known disagreements, waived unless ``strict``: (reasons, when) pairs whose reason texts
-# are made equal before comparing (the close code and exception type must still agree).
-# K1: a compressed text message whose inflated bytes end inside a UTF-8 sequence: the pure
-#     core says "invalid UTF-8 in a text message", the compiled one "text message ends
-#     inside a UTF-8 sequence" (both 1007); regressions/frames/known-k1-* shows it.
-KNOWN_REASONS = [
-    (("invalid UTF-8 in a text message", "text message ends inside a UTF-8 sequence"), "compressed"),
-]
-
-
-def _waive(value: Any, texts: tuple[str, ...]) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_waive(v, texts) for v in value)
-    if isinstance(value, str) and value in texts:
-        return "<waived reason: " + " | ".join(texts) + ">"
-    if isinstance(value, bytes) and len(value) >= 2 and value[2:].decode("utf-8", "replace") in texts:
-        return value[:2] + b"<waived reason>"
-    return value
-
-
-def waive_known(log: list[Any], opts: dict[str, Any]) -> list[Any]:
-    for texts, when in KNOWN_REASONS:
-        if when == "compressed" and opts["extension"] is None:
-            continue
-        log = [_waive(event, texts) for event in log]
-    return log
-
-
-def check_frames(data: bytes, strict: bool = False) -> None:
-    """The same bytes to a server core and a client core of each twin: identical behaviour.
-
-    ``strict``: no waiver for the KNOWN_REASONS disagreements."""
+def check_frames(data: bytes) -> None:
+    """The same bytes to a server core and a client core of each twin: identical behaviour."""
     options, chunks = split_input(data)
     opts = frames_options(options)
     for client in (False, True):
@@ -291,7 +261,7 @@ def check_frames(data: bytes, strict: bool = False) -> None:
                 raise Violation(
                     f"{twin} core ({'client' if client else 'server'}, {opts}) raised {type(exc).__name__}: {exc}"
                 ) from exc
-        if logs["py"] != logs["c"] and (strict or waive_known(logs["py"], opts) != waive_known(logs["c"], opts)):
+        if logs["py"] != logs["c"]:
             raise Mismatch(f"{'client' if client else 'server'} cores differ ({opts}) at {_first_difference(logs['py'], logs['c'])}")
         check_frame_log(logs["py"], client, opts)
 

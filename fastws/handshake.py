@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Callable, Iterable, Iterator, Sequence
@@ -36,6 +37,11 @@ MAX_HEADERS = 128
 MAX_HEAD = 65536
 
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+# Bytes an HTTP/1.1 head may not carry (RFC 9110 5.5, RFC 9112 2-3): the C0
+# controls but HTAB, CR and LF; DEL; a CR that does not end a line; an LF that
+# does not follow a CR (a bare LF line ending, see HeadReader).
+_FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 class Headers:
@@ -132,22 +138,50 @@ class HeadReader:
     """Collects an HTTP head (start line and header lines) within size limits.
 
     ``feed`` returns ``(start_line, headers, rest)`` once the blank line has
-    arrived, else None. Bad or oversized input raises ``error(message, status)``.
+    arrived, else None. Bad or oversized input raises ``error(message, status)``
+    as soon as it arrives, not when the head ends: 400 for bytes a head may not
+    carry, 414 for a long start line, 431 for long or many header fields.
+
+    Lines must end in CRLF. A bare LF is refused (400), not read as a line end:
+    RFC 9112 2.2 only *allows* a recipient to accept it, every WebSocket client
+    sends CRLF, and accepting it would mean two ways to split the same bytes.
+    Also refused: a CR that does not end a line, and the control characters
+    (C0 and DEL) anywhere; HTAB only where a header value may hold it
+    (``parse_request_line`` refuses it in the request line).
+
+    ``kind`` ("request" or "response") names the start line's parts in messages.
+    Each byte is checked once, by one precompiled regex, however the head is split.
     """
 
-    def __init__(self, error: Callable[[str, int], Exception]) -> None:
+    def __init__(self, error: Callable[[str, int], Exception], kind: str = "request") -> None:
         self._buffer = bytearray()
+        self._scanned = 0  # the checked prefix of the buffer: no forbidden byte in it
+        self._lines = 0  # CRLFs in that prefix
         self._error = error
+        self._kind = kind
 
     def feed(self, data: bytes) -> tuple[str, Headers, bytes] | None:
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
+        buf = self._buffer
+        buf += data
+        scanned = self._scanned
+        end = buf.find(b"\r\n\r\n", max(0, scanned - 3))
+        # Check up to the end of the head (what follows may be frames), or all
+        # that arrived but a last CR, which the next byte decides about.
+        limit = end + 4 if end >= 0 else len(buf) - (1 if buf.endswith(b"\r") else 0)
+        bad = _FORBIDDEN.search(buf, scanned, limit)
+        if bad is not None:
+            raise self._invalid(self._describe(bad.start()))
         if end < 0:
+            self._lines += buf.count(b"\n", scanned, limit)
+            self._scanned = limit
             self._check_partial()
             return None
-        head = bytes(self._buffer[:end])
-        rest = bytes(self._buffer[end + 4 :])
+        if end > MAX_HEAD:
+            raise self._too_large(f"{self._kind} head too large")
+        head = bytes(buf[:end])
+        rest = bytes(buf[end + 4 :])
         self._buffer = bytearray()
+        self._scanned = self._lines = 0
         lines = head.split(b"\r\n")
         start = lines[0]
         if len(start) > MAX_LINE:
@@ -161,8 +195,6 @@ class HeadReader:
             name, sep, value = line.partition(b":")
             if not sep or not name or not _TOKEN_CHARS.issuperset(name):
                 raise self._invalid(f"malformed header line {line[:64]!r}")
-            if b"\r" in value or b"\n" in value or b"\0" in value:
-                raise self._invalid("invalid character in a header value")
             headers.add(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
         try:
             start_line = start.decode("ascii")
@@ -173,13 +205,34 @@ class HeadReader:
     def _check_partial(self) -> None:
         buf = self._buffer
         if len(buf) > MAX_HEAD:
-            raise self._too_large("request head too large")
-        first = buf.find(b"\r\n")
+            raise self._too_large(f"{self._kind} head too large")
+        first = buf.find(b"\r\n", 0, MAX_LINE + 2)
         if (first < 0 and len(buf) > MAX_LINE) or first > MAX_LINE:
             raise self._too_large("start line too long", HTTPStatus.REQUEST_URI_TOO_LONG)
-        last = buf.rfind(b"\r\n")
-        if len(buf) - last - 2 > MAX_LINE or buf.count(b"\r\n") > MAX_HEADERS + 1:
+        last = buf.rfind(b"\n")
+        if len(buf) - last - 1 > MAX_LINE or self._lines > MAX_HEADERS + 1:
             raise self._too_large("header fields too long or too many")
+
+    def _describe(self, pos: int) -> str:
+        """What is wrong with the forbidden byte at ``pos``, in words a client's author can act on."""
+        buf = self._buffer
+        byte = buf[pos]
+        if byte == 0x0A:
+            return "line ends in a bare LF: HTTP/1.1 lines end in CRLF"
+        if byte == 0x0D:
+            return "CR not followed by LF: HTTP/1.1 lines end in CRLF"
+        what = f"control character 0x{byte:02X}" + {0x00: " (NUL)", 0x7F: " (DEL)"}.get(byte, "")
+        line_start = buf.rfind(b"\n", 0, pos) + 1
+        if line_start == 0:
+            parts = ("method", "request target", "HTTP version")
+            if self._kind == "response":
+                parts = ("HTTP version", "status code", "reason phrase")
+            return f"{what} in the {parts[min(buf.count(b' ', 0, pos), 2)]}"
+        colon = buf.find(b":", line_start, pos)
+        if colon < 0:
+            return f"{what} in a header name"
+        name = bytes(buf[line_start:colon]).decode("latin-1")
+        return f"{what} in the value of header {name[:64]!r}"
 
     def _too_large(self, message: str, status: int = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) -> Exception:
         return self._error(message, status)
@@ -198,6 +251,11 @@ def parse_request_line(line: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not parts[1]:
         raise InvalidRequest(f"malformed request line {line[:64]!r}")
     method, target, version = parts
+    if not method or not method.isascii() or not _TOKEN_CHARS.issuperset(method.encode()):
+        raise InvalidRequest(f"malformed method {method[:16]!r}")
+    if not target.isprintable():  # HTAB: the other controls never get past HeadReader
+        bad = next(c for c in target if not c.isprintable())
+        raise InvalidRequest(f"control character 0x{ord(bad):02X} in the request target")
     if version != "HTTP/1.1":
         raise InvalidRequest(f"unsupported HTTP version {version[:16]!r}: WebSocket needs HTTP/1.1")
     return method, target, version
@@ -365,7 +423,7 @@ class ClientHandshake:
         self.headers = Headers(fields)
         lines = [f"GET {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in fields]
         self.request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self._reader = HeadReader(lambda message, status: InvalidResponse(message))
+        self._reader = HeadReader(lambda message, status: InvalidResponse(message), "response")
 
     def receive_data(self, data: bytes) -> tuple[Response, bytes] | None:
         """Feed the server's bytes; (response, bytes after it) once it is complete and valid."""

@@ -10,6 +10,7 @@ import pytest
 from _wsutil import RFC_KEY, expected_accept, parse_http_head, upgrade_request
 from fastws import Headers, InvalidOrigin, InvalidRequest, InvalidResponse, Request
 from fastws.handshake import (
+    MAX_HEAD,
     MAX_HEADERS,
     MAX_LINE,
     ClientHandshake,
@@ -455,6 +456,114 @@ def test_head_reader_non_ascii_start_line_is_400() -> None:
     assert info.value.status == 400
 
 
+# Heads a server must refuse with 400 the moment the bad byte arrives, and what the
+# message must name. (The third element: the index of the offending byte.)
+HOSTILE_HEADS = [
+    (b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n", "0x00 (NUL) in the request target"),
+    (b"GET /a\x1bb HTTP/1.1\r\nHost: x\r\n\r\n", "0x1B in the request target"),
+    (b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n", "0x7F (DEL) in the request target"),
+    (b"G\x00ET / HTTP/1.1\r\nHost: x\r\n\r\n", "in the method"),
+    (b"GET / HTTP/1.1\x00\r\nHost: x\r\n\r\n", "in the HTTP version"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", "0x01 in the value of header 'X-A'"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00\r\n\r\n", "0x00 (NUL) in the value of header 'X-A'"),
+    (b"GET / HTTP/1.1\r\nHost: x\x7f\r\n\r\n", "0x7F (DEL) in the value of header 'Host'"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-\x1f: y\r\n\r\n", "0x1F in a header name"),
+    (b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", "CR not followed by LF"),
+    (b"GET / HTTP/1.1\nHost: x\nUpgrade: websocket\n\n", "bare LF"),
+    (b"GET / HTTP/1.1\nHost: x\nUpgrade: websocket\r\n\r\n", "bare LF"),  # a CRLF CRLF end does not save it
+    (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\n", "bare LF"),
+]
+
+
+def _first_bad_byte(head: bytes) -> int:
+    for i, byte in enumerate(head):
+        if byte == 0x0A and head[i - 1 : i] != b"\r":
+            return i
+        if byte == 0x0D and head[i + 1 : i + 2] != b"\n":
+            return i
+        if (byte < 0x20 and byte not in (0x09, 0x0A, 0x0D)) or byte == 0x7F:
+            return i
+    raise AssertionError("no bad byte")
+
+
+@pytest.mark.parametrize("head, named", HOSTILE_HEADS)
+def test_head_reader_refuses_control_characters_and_bare_lf_with_400(head: bytes, named: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        reader().feed(head)
+    assert info.value.status == 400
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("head, named", HOSTILE_HEADS)
+def test_head_reader_refuses_at_the_bad_byte_not_at_the_end_of_the_head(head: bytes, named: str) -> None:
+    r = reader()
+    bad = _first_bad_byte(head)
+    for i in range(len(head)):
+        try:
+            assert r.feed(head[i : i + 1]) is None
+        except InvalidRequest as exc:
+            assert named in str(exc)
+            # At the bad byte, or at the next one when only it tells a lone CR from a line end.
+            assert i in (bad, bad + 1), (i, bad)
+            return
+    raise AssertionError("never refused")
+
+
+@pytest.mark.parametrize(
+    "line, named",
+    [
+        ("GET /a\tb HTTP/1.1", "0x09 in the request target"),
+        ("G@T / HTTP/1.1", "malformed method"),
+        (" / HTTP/1.1", "malformed method"),
+    ],
+)
+def test_request_line_with_tab_in_target_or_non_token_method_is_400(line: str, named: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        ServerHandshake().parse(line, request().headers)
+    assert info.value.status == 400
+    assert named in str(info.value)
+
+
+def test_head_reader_allows_htab_and_obs_text_in_header_values() -> None:
+    result = reader().feed(b"GET / HTTP/1.1\r\nX-A: a\tb\r\nX-B: caf\xe9\r\n\r\n")
+    assert result is not None
+    assert result[1]["x-a"] == "a\tb"
+    assert result[1]["x-b"] == "caf\u00e9"
+
+
+def test_head_reader_does_not_check_the_bytes_after_the_head() -> None:
+    frames = b"\x81\x03\n\x00\r" + b"\x82\x01\x7f"  # what may follow: frames, any bytes at all
+    data = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + frames
+    for split in range(1, len(data)):
+        r = reader()
+        result = r.feed(data[:split])
+        if result is None:
+            result = r.feed(data[split:])
+            assert result is not None
+            assert result[2] == frames, split
+        else:
+            assert result[2] + data[split:] == frames, split
+
+
+def test_head_reader_head_over_max_head_is_431_before_it_ends() -> None:
+    r = reader()
+    assert r.feed(b"GET / HTTP/1.1\r\n") is None
+    line = b"X-Pad: " + b"a" * 1000 + b"\r\n"  # under MAX_LINE, and few enough for MAX_HEADERS
+    with pytest.raises(InvalidRequest) as info:
+        for _ in range(MAX_HEAD // len(line) + 2):
+            r.feed(line)
+    assert info.value.status == 431
+
+
+def test_head_reader_complete_head_over_max_head_is_431() -> None:
+    line = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    head = b"GET / HTTP/1.1\r\n" + line * (MAX_HEAD // len(line) + 1) + b"\r\n"
+    with pytest.raises(InvalidRequest) as info:
+        reader().feed(head)
+    assert info.value.status == 431
+
+
 def test_head_reader_uses_the_given_error_type() -> None:
     r = HeadReader(lambda message, status: InvalidResponse(message))
     with pytest.raises(InvalidResponse):
@@ -581,3 +690,34 @@ def test_client_rejects_malformed_status_line(line: str) -> None:
     data = server_answer(client).replace(b"HTTP/1.1 101 Switching Protocols", line.encode())
     with pytest.raises(InvalidResponse):
         client.receive_data(data)
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        ("X-A: a\x01b", "0x01 in the value of header 'X-A'"),
+        ("X-A: a\x00b", "0x00 (NUL) in the value of header 'X-A'"),
+        ("X-A: \x7f", "0x7F (DEL) in the value of header 'X-A'"),
+        ("X-A: a\rb", "CR not followed by LF"),
+    ],
+)
+def test_client_rejects_control_characters_in_header_values(extra: str, named: str) -> None:
+    client = ClientHandshake("h", 80, "/")
+    with pytest.raises(InvalidResponse) as info:
+        client.receive_data(server_answer(client, extra))
+    assert named in str(info.value)
+
+
+def test_client_rejects_bare_lf_answer() -> None:
+    client = ClientHandshake("h", 80, "/")
+    with pytest.raises(InvalidResponse) as info:
+        client.receive_data(server_answer(client).replace(b"\r\n", b"\n"))
+    assert "bare LF" in str(info.value)
+
+
+def test_client_names_the_reason_phrase_for_a_control_character_there() -> None:
+    client = ClientHandshake("h", 80, "/")
+    data = server_answer(client).replace(b"Switching Protocols", b"Switching\x02Protocols")
+    with pytest.raises(InvalidResponse) as info:
+        client.receive_data(data)
+    assert "in the reason phrase" in str(info.value)

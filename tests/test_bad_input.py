@@ -4,6 +4,7 @@ is logged at INFO or below with its address, never with a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from typing import Any, Awaitable, Callable
@@ -11,6 +12,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from _wsutil import (
+    HttpHead,
     RawClient,
     assert_echo,
     build_frame,
@@ -99,6 +101,78 @@ def test_too_long_header_is_431_or_400(run: Any, caplog: pytest.LogCaptureFixtur
 def test_malformed_header_line_is_400(run: Any, caplog: pytest.LogCaptureFixture) -> None:
     request = upgrade_request().replace(b"\r\n\r\n", b"\r\nthis is not a header\r\n\r\n")
     play(run, caplog, refused_with(request, (400,)))
+
+
+PROMPT = 5.0  # seconds: a bound on the wait, far below the open_timeout these servers run with
+
+
+def refused_promptly(request: bytes, status: int, named: str) -> Scenario:
+    """The answer comes at once (not after open_timeout), names the problem in a plain-text body, then EOF."""
+
+    async def scenario(port: int) -> int:
+        client = await RawClient.open(port)
+        client.send(request)
+        head: HttpHead = await asyncio.wait_for(client.read_http_response(), PROMPT)
+        assert head.status == status, head
+        assert head.headers["content-type"].startswith("text/plain"), head
+        assert named.encode() in head.body, head.body
+        assert await asyncio.wait_for(client.read_all_until_eof(), PROMPT) == b"", "the server must close after refusing"
+        client.close()
+        return client.local_port
+
+    return scenario
+
+
+def _bare_lf(request: bytes) -> bytes:
+    return request.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize(
+    "request_bytes, named",
+    [
+        (upgrade_request("/chat\x00evil"), "0x00 (NUL) in the request target"),
+        (upgrade_request("/chat\x1b[2J"), "0x1B in the request target"),
+        (upgrade_request("/a\tb"), "0x09 in the request target"),
+        (upgrade_request(extra=[("X-Trace", "a\x01b")]), "0x01 in the value of header 'X-Trace'"),
+        (upgrade_request(extra=[("X-Trace", "a\x00b")]), "0x00 (NUL) in the value of header 'X-Trace'"),
+        (upgrade_request(host="127.0.0.1\x7f"), "0x7F (DEL) in the value of header 'Host'"),
+        (upgrade_request(extra=[("X-Tr\x02ce", "v")]), "0x02 in a header name"),
+        (upgrade_request(extra=[("X-Trace", "a\rb")]), "CR not followed by LF"),
+        (_bare_lf(upgrade_request()), "bare LF"),
+        (_bare_lf(upgrade_request()[:-4]) + b"\r\n\r\n", "bare LF"),  # bare-LF lines, then a CRLF CRLF end
+        (b"GET / HTTP/1.1\nHost: 127.0.0.1\n", "bare LF"),  # not even the end of the head
+    ],
+    ids=[
+        "nul-in-target",
+        "esc-in-target",
+        "tab-in-target",
+        "ctl-in-value",
+        "nul-in-value",
+        "del-in-host",
+        "ctl-in-name",
+        "lone-cr",
+        "bare-lf",
+        "bare-lf-then-crlfcrlf",
+        "bare-lf-unfinished",
+    ],
+)
+def test_hostile_head_is_400_at_once_naming_the_problem(
+    run: Any, caplog: pytest.LogCaptureFixture, request_bytes: bytes, named: str
+) -> None:
+    play(run, caplog, refused_promptly(request_bytes, 400, named), open_timeout=30)
+
+
+def test_endless_head_is_431_as_soon_as_it_passes_max_head(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from fastws.handshake import MAX_HEAD
+
+    # Short valid lines and no blank line; exactly one byte over the limit, so that the
+    # server has read all of it when it answers (unread bytes at close would mean a RST).
+    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    line = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    head += line * ((MAX_HEAD - len(head)) // len(line))
+    head += b"X-Last: " + b"a" * (MAX_HEAD + 1 - len(head) - 8)
+    assert len(head) == MAX_HEAD + 1
+    play(run, caplog, refused_promptly(head, 431, "head too large"), open_timeout=30)
 
 
 @pytest.mark.parametrize(

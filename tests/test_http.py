@@ -122,3 +122,24 @@ def test_upgrade_header_without_the_rest_is_refused_not_served_the_page(run: Any
             assert response.status == 400  # no Connection: Upgrade, no key
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        get("/healthz\x00"),
+        get("/", extra="X-Forwarded-For: 1.2.3.4\x00\r\n"),
+        get("/healthz").replace(b"\r\n", b"\n"),
+    ],
+    ids=["nul-in-target", "nul-in-value", "bare-lf"],
+)
+def test_hostile_plain_request_is_400_before_process_request(run: Any, request_bytes: bytes) -> None:
+    async def main() -> None:
+        async with cli_server() as port:
+            response = await asyncio.wait_for(http(port, request_bytes), 5)
+            assert response.status == 400, "refused by the parser, never served the page or /healthz"
+            assert response.headers["content-type"].startswith("text/plain")
+            response = await http(port, get("/healthz"))
+            assert response.status == 200, "and the server goes on serving"
+
+    run(main())

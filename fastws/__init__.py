@@ -18,6 +18,7 @@ from .exceptions import (  # noqa: E402
     InvalidResponse,
     InvalidState,
     InvalidURI,
+    OpenTimeout,
     PayloadTooBig,
     ProtocolError,
 )
@@ -55,5 +56,6 @@ __all__ = [
     "InvalidURI",
     "ProtocolError",
     "PayloadTooBig",
+    "OpenTimeout",
     "InvalidState",
 ]

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, Generator, Sequence
 
 from . import __version__
 from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener, take_over_transport
-from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI
+from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout
 from .extensions.permessage_deflate import CompressionOption, client_extension
 from .handshake import ClientHandshake, Request
 from .websocket import WebSocket
@@ -107,7 +107,8 @@ async def create_connection(
 
     ``compression="deflate"`` offers permessage-deflate (see ``fastws.extensions.Deflate``);
     ``ping_interval``/``ping_timeout`` run keepalive (None disables it); ``write_limit``
-    is the write buffer's high-water mark (or ``(high, low)``).
+    is the write buffer's high-water mark (or ``(high, low)``). Raises ``OpenTimeout``
+    (a ``TimeoutError``) when TCP, TLS and the handshake take over ``open_timeout`` seconds.
     """
     deflate = client_extension(compression)
     target = parse_uri(uri)
@@ -149,7 +150,13 @@ async def create_connection(
             transport.abort()
             raise
 
-    transport, (response, rest), extension = await asyncio.wait_for(open_connection(), open_timeout)
+    try:
+        async with asyncio.timeout(open_timeout) as deadline:
+            transport, (response, rest), extension = await open_connection()
+    except TimeoutError:
+        if not deadline.expired():  # the kernel's connect timeout: an OSError, let it be
+            raise
+        raise OpenTimeout(f"connection to {uri} not open within open_timeout={open_timeout} s") from None
     transport = take_over_transport(transport)
     listener = listener_factory()
     request = Request("GET", target.path, handshake.headers)

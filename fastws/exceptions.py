@@ -13,9 +13,13 @@
     │   └── InvalidURI                connect() got a URI it cannot use
     ├── ProtocolError                 the peer broke RFC 6455; carries the close code to send
     │   └── PayloadTooBig             a message over max_size (1009)
+    ├── OpenTimeout (also TimeoutError)    the client's connection did not open within open_timeout
     └── InvalidState (also RuntimeError)   the API was used at the wrong time
 
-OS errors stay ``OSError``; timeouts are ``TimeoutError``.
+OS errors stay ``OSError`` (a TCP connect that times out in the kernel is the
+builtin ``TimeoutError``, an ``OSError``). ``OpenTimeout`` is the only timeout
+raised: a closing handshake that overruns ``close_timeout`` drops the connection
+instead, and a keepalive timeout closes it with 1011 (``ConnectionClosedError``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "InvalidURI",
     "ProtocolError",
     "PayloadTooBig",
+    "OpenTimeout",
     "InvalidState",
 ]
 
@@ -125,6 +130,15 @@ class PayloadTooBig(ProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 1009)
+
+
+class OpenTimeout(FastWSError, TimeoutError):
+    """The client's connection (TCP, TLS and the opening handshake) did not open within ``open_timeout``.
+
+    Both a ``FastWSError`` and the builtin ``TimeoutError``: ``except TimeoutError``
+    catches it too. Not an ``InvalidHandshake``: the server did nothing wrong that
+    we saw, so ``async for ws in connect(...)`` retries it.
+    """
 
 
 class InvalidState(FastWSError, RuntimeError):

@@ -240,6 +240,53 @@ def test_open_timeout_when_server_never_answers(run: Any) -> None:
     run(main())
 
 
+def test_open_timeout_is_a_fastws_error_and_a_timeout_error(run: Any) -> None:
+    async def main() -> None:
+        async def mute(peer: RawClient) -> None:
+            await peer.reader.read()  # accepts TCP, never answers, until the client gives up
+
+        async with raw_server(mute) as port:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            try:
+                await fastws.connect(f"ws://127.0.0.1:{port}/", open_timeout=0.2)
+            except fastws.FastWSError as exc:
+                error: BaseException = exc
+            else:
+                raise AssertionError("no timeout")
+            assert loop.time() - start < 5
+        assert isinstance(error, fastws.OpenTimeout)
+        assert isinstance(error, TimeoutError), "except TimeoutError must still catch it"
+        assert isinstance(error, fastws.FastWSError)
+        assert not isinstance(error, fastws.InvalidHandshake), "a timeout is not a refusal"
+        assert "open_timeout=0.2" in str(error)
+        assert fastws.client._worth_retrying(error), "connect()'s reconnecting loop retries it"
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["X-Evil: a\x01b\r\n", "X-Evil: a\x00b\r\n", "X-Evil: \x7f\r\n", "X-Evil: a\rb\r\n", "X-Evil: bare-lf\n"],
+    ids=["ctl", "nul", "del", "lone-cr", "bare-lf"],
+)
+def test_control_characters_in_the_answer_are_invalid_response(run: Any, extra: str) -> None:
+    async def main() -> None:
+        hung_up = asyncio.Event()
+
+        async def evil(peer: RawClient) -> None:
+            await accept_upgrade(peer, extra)
+            await peer.reader.read()  # until the client closes the TCP connection
+            hung_up.set()
+
+        async with raw_server(evil) as port:
+            with pytest.raises(fastws.InvalidResponse):
+                await wait(fastws.connect(f"ws://127.0.0.1:{port}/"))
+            await wait(hung_up.wait())
+
+    run(main())
+
+
 def test_server_closing_during_handshake_is_invalid_response(run: Any) -> None:
     async def main() -> None:
         async def hang_up(peer: RawClient) -> None:

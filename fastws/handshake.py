@@ -40,7 +40,9 @@ _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZab
 
 # Bytes an HTTP/1.1 head may not carry (RFC 9110 5.5, RFC 9112 2-3): the C0
 # controls but HTAB, CR and LF; DEL; a CR that does not end a line; an LF that
-# does not follow a CR (a bare LF line ending, see HeadReader).
+# does not follow a CR (a bare LF line ending, see HeadReader). _CONTROLS and
+# counting CRs and LFs is the cheap check; _FORBIDDEN then finds the culprit.
+_CONTROLS = bytes(range(0x20)).translate(None, b"\t\r\n") + b"\x7f"
 _FORBIDDEN = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
@@ -150,7 +152,8 @@ class HeadReader:
     (``parse_request_line`` refuses it in the request line).
 
     ``kind`` ("request" or "response") names the start line's parts in messages.
-    Each byte is checked once, by one precompiled regex, however the head is split.
+    Each byte is checked once however the head is split, with ``bytes.translate``
+    and ``count`` (a precompiled regex only runs to name what is wrong).
     """
 
     def __init__(self, error: Callable[[str, int], Exception], kind: str = "request") -> None:
@@ -168,11 +171,14 @@ class HeadReader:
         # Check up to the end of the head (what follows may be frames), or all
         # that arrived but a last CR, which the next byte decides about.
         limit = end + 4 if end >= 0 else len(buf) - (1 if buf.endswith(b"\r") else 0)
-        bad = _FORBIDDEN.search(buf, scanned, limit)
-        if bad is not None:
-            raise self._invalid(self._describe(bad.start()))
+        # No CRLF straddles ``scanned``: a last CR is never in the checked prefix.
+        new = bytes(buf[scanned:limit])
+        line_ends = new.count(b"\n")
+        if len(new.translate(None, _CONTROLS)) != len(new) or not line_ends == new.count(b"\r") == new.count(b"\r\n"):
+            bad = _FORBIDDEN.search(buf, scanned, limit)
+            raise self._invalid(self._describe(bad.start()) if bad is not None else "malformed head")
         if end < 0:
-            self._lines += buf.count(b"\n", scanned, limit)
+            self._lines += line_ends
             self._scanned = limit
             self._check_partial()
             return None

@@ -217,7 +217,8 @@ class Ctx:
             sock.close()
             raise
         try:
-            await asyncio.wait_for(asyncio.shield(proto.opened), self.cfg["io_timeout"])
+            if not await asyncio.wait_for(asyncio.shield(proto.opened), self.cfg["io_timeout"]):
+                raise ConnectionError("closed during the handshake")
         except BaseException:
             proto.abort()
             raise
@@ -302,7 +303,7 @@ class Client(asyncio.Protocol):
             self.handshaking = False
             self.was_open = True
             self.ctx.open[self.role] += 1
-            self.opened.set_result(None)
+            self.opened.set_result(True)
         try:
             frames = parse_server_frames(self.buf)
         except ValueError as exc:
@@ -316,7 +317,7 @@ class Client(asyncio.Protocol):
         if self.was_open:
             self.ctx.open[self.role] -= 1
         if not self.opened.done():
-            self.opened.set_exception(ConnectionError("closed during the handshake"))
+            self.opened.set_result(False)  # (a result, not an exception nobody may retrieve)
         if not self.lost.done():
             self.lost.set_result(exc)
         self._wake()

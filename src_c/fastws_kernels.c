@@ -498,18 +498,21 @@ static int utf8_valid_avx2(const uint8_t *p, size_t n)
 typedef void (*mask_fn)(uint8_t *, const uint8_t *, size_t, const uint8_t *);
 typedef int (*valid_fn)(const uint8_t *, size_t);
 
-enum { ISA_SCALAR, ISA_SSE2, ISA_SSSE3, ISA_AVX2 };
-static const char *const isa_names[] = {"scalar", "sse2", "ssse3", "avx2"};
+/* Families, weakest first: a CPU that runs one runs every one before it. */
+enum { ISA_SCALAR, ISA_SSE2, ISA_SSSE3, ISA_AVX2, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"scalar", "sse2", "ssse3", "avx2"};
 
 static void mask_first(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t key[4]);
 static int valid_first(const uint8_t *p, size_t n);
 
-/* Resolved on first use.  Threads racing through the first call all store
-   the same values (aligned pointer/int stores), so no lock is needed. */
+/* Set by fastws_kernels_select(), or on first use to the best family.
+   Threads racing through a first call all store the same values (aligned
+   pointer/int stores), so no lock is needed. */
 static mask_fn mask_impl = mask_first;
 static valid_fn valid_impl = valid_first;
 static int isa_level = -1;
 
+/* The most capable family that both this build and this CPU can run. */
 static int isa_supported(void)
 {
 #if defined(FASTWS_X86_DISPATCH)
@@ -527,6 +530,7 @@ static int isa_supported(void)
 #endif
 }
 
+/* level must be <= isa_supported(). */
 static void select_isa(int level)
 {
     switch (level) {
@@ -574,20 +578,32 @@ const char *fastws_kernels_isa(void)
     return isa_names[isa_level];
 }
 
-#ifdef FASTWS_KERNELS_TEST
-int fastws_kernels_force_isa(const char *name)
+const char *fastws_kernels_isa_name(int level)
 {
-    for (int level = ISA_SCALAR; level <= ISA_AVX2; level++) {
+    return level >= 0 && level < ISA_COUNT ? isa_names[level] : NULL;
+}
+
+int fastws_kernels_isa_available(int level)
+{
+    return level >= 0 && level <= isa_supported();
+}
+
+int fastws_kernels_select(const char *name)
+{
+    if (name == NULL || name[0] == '\0') {
+        select_isa(isa_supported());
+        return 0;
+    }
+    for (int level = 0; level < ISA_COUNT; level++) {
         if (strcmp(name, isa_names[level]) == 0) {
-            if (level > isa_supported())
-                return 0;
+            if (!fastws_kernels_isa_available(level))
+                return -2;
             select_isa(level);
-            return isa_level == level;
+            return 0;
         }
     }
-    return 0;
+    return -1;
 }
-#endif
 
 void fastws_mask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t key[4])
 {

@@ -2,8 +2,9 @@
  * fastws_kernels.h - hot loops of fastws: WebSocket payload masking and
  * incremental UTF-8 validation.
  *
- * Every function picks its implementation (AVX2, SSSE3, SSE2 or portable C)
- * at run time on first use; fastws_kernels_isa() tells which one was chosen.
+ * Every function runs one of several implementations (AVX2, SSSE3, SSE2 or
+ * portable C), picked at run time from what the CPU supports on first use,
+ * or forced with fastws_kernels_select(); fastws_kernels_isa() tells which.
  */
 #ifndef FASTWS_KERNELS_H
 #define FASTWS_KERNELS_H
@@ -43,15 +44,29 @@ int fastws_utf8_complete(const fastws_utf8_state *s);
 /* One-shot: 1 if p[0:n] is complete, valid UTF-8. */
 int fastws_utf8_valid(const uint8_t *p, size_t n);
 
-/* Instruction set the dispatchers picked: "avx2", "ssse3" (UTF-8 in SSSE3,
-   masking in SSE2), "sse2" (masking in SSE2, UTF-8 in portable C) or "scalar". */
-const char *fastws_kernels_isa(void);
+/* Kernel families, weakest first; a CPU that runs one runs all before it:
+     0 "scalar"  portable C,
+     1 "sse2"    masking in SSE2, UTF-8 in portable C,
+     2 "ssse3"   masking in SSE2, UTF-8 in SSSE3,
+     3 "avx2"    both in AVX2.
+   The kernels use the best family that this build and this CPU can run
+   (chosen on first use) unless fastws_kernels_select() picked another. */
 
-#ifdef FASTWS_KERNELS_TEST
-/* Test builds only: force a less capable implementation ("avx2", "ssse3",
-   "sse2", "scalar").  Returns 0 if the CPU or the build cannot run it. */
-int fastws_kernels_force_isa(const char *name);
-#endif
+/* Name of family `level`, or NULL past the last one (to enumerate them). */
+const char *fastws_kernels_isa_name(int level);
+
+/* 1 if this build and this CPU can run family `level`. */
+int fastws_kernels_isa_available(int level);
+
+/* Use the family called `name` from now on; NULL or "" means the best one.
+   Returns 0, -1 for an unknown name, -2 for a family this build or CPU
+   cannot run (then nothing changes).  Call it before any kernel runs (at
+   initialisation): it is not synchronised with kernels running in other
+   threads.  The kernels call through pointers set here, at no extra cost. */
+int fastws_kernels_select(const char *name);
+
+/* Name of the family in use. */
+const char *fastws_kernels_isa(void);
 
 #ifdef __cplusplus
 }

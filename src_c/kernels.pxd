@@ -16,3 +16,6 @@ cdef extern from "fastws_kernels.h" nogil:
     int fastws_utf8_complete(const fastws_utf8_state *s)
     int fastws_utf8_valid(const uint8_t *p, size_t n)
     const char *fastws_kernels_isa()
+    const char *fastws_kernels_isa_name(int level)
+    int fastws_kernels_isa_available(int level)
+    int fastws_kernels_select(const char *name)

@@ -2,6 +2,11 @@
 
 ``FASTWS_EXTENSION=0`` forces pure Python, ``=1`` makes a missing extension an
 ImportError, unset uses the extension when it was built.
+
+``FASTWS_KERNEL_ISA`` (read by the extension when it is imported) forces a kernel
+family; a value the CPU cannot run, or an unknown one, is a ValueError at import,
+never a silent fallback. Set to a family while ``FASTWS_EXTENSION`` is unset, it also
+makes a missing extension an ImportError (kernels were asked for, and there are none).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ __all__ = [
     "USING_EXTENSION",
     "IMPLEMENTATION",
     "KERNEL_ISA",
+    "KERNEL_ISA_FORCED",
     "apply_mask",
     "Utf8Validator",
     "ProtocolCore",
@@ -28,15 +34,19 @@ _MODE = os.environ.get("FASTWS_EXTENSION", "").strip()
 if _MODE not in ("", "0", "1"):
     raise ImportError(f"FASTWS_EXTENSION must be 0, 1 or unset, not {_MODE!r}")
 
+_ISA = os.environ.get("FASTWS_KERNEL_ISA", "").strip()
+
 if _MODE == "0":
     _impl = None
 else:
     try:
+        # A bad FASTWS_KERNEL_ISA raises ValueError here, which passes through.
         from . import _speedups as _impl  # type: ignore[attr-defined,no-redef]
     except ImportError as exc:
-        if _MODE == "1":
+        if _MODE == "1" or _ISA:
+            why = "FASTWS_EXTENSION=1" if _MODE == "1" else f"FASTWS_KERNEL_ISA={_ISA}"
             raise ImportError(
-                "FASTWS_EXTENSION=1 but the compiled extension fastws._speedups is missing: "
+                f"{why} but the compiled extension fastws._speedups is missing: "
                 "reinstall with a C compiler available (pip install .)"
             ) from exc
         _impl = None
@@ -47,6 +57,7 @@ if _impl is None:
 USING_EXTENSION: bool = _impl.IMPLEMENTATION != "python"
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 KERNEL_ISA: str = getattr(_impl, "KERNEL_ISA", "python")
+KERNEL_ISA_FORCED: bool = getattr(_impl, "KERNEL_ISA_FORCED", False)
 apply_mask = _impl.apply_mask
 Utf8Validator = _impl.Utf8Validator
 ProtocolCore = _impl.ProtocolCore

@@ -23,7 +23,8 @@ from libc.stdint cimport uint8_t, uint64_t
 
 from kernels cimport (
     fastws_mask, fastws_utf8_state, fastws_utf8_init, fastws_utf8_feed,
-    fastws_utf8_complete, fastws_kernels_isa,
+    fastws_utf8_complete, fastws_kernels_isa, fastws_kernels_isa_name,
+    fastws_kernels_isa_available, fastws_kernels_select,
 )
 
 from fastws.exceptions import PayloadTooBig, ProtocolError, connection_closed
@@ -60,7 +61,44 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
 
 IMPLEMENTATION = "cython"
+
+
+# -- kernel family: the best one this CPU runs, or FASTWS_KERNEL_ISA -------------------------
+
+cdef tuple _kernel_isas(bint available_only):
+    cdef int level = 0
+    names = []
+    while fastws_kernels_isa_name(level) != NULL:
+        if not available_only or fastws_kernels_isa_available(level):
+            names.append(fastws_kernels_isa_name(level).decode())
+        level += 1
+    return tuple(names)
+
+
+# Every family the kernels know, and those this build and CPU can run; weakest first.
+KERNEL_ISAS = _kernel_isas(False)
+KERNEL_ISAS_AVAILABLE = _kernel_isas(True)
+
+
+def _check_kernel_isa(str requested, tuple available):
+    """Validate a FASTWS_KERNEL_ISA value (already stripped; "" means automatic) against
+    the families ``available``: ValueError naming the valid values and what this CPU runs."""
+    if requested and requested not in available:
+        reason = "unknown value" if requested not in KERNEL_ISAS else "this CPU cannot run it"
+        raise ValueError(
+            f"FASTWS_KERNEL_ISA={requested!r}: {reason}; valid values: {', '.join(KERNEL_ISAS)} "
+            f"or empty for automatic; this CPU runs: {', '.join(available)}"
+        )
+
+
+# Read once, here: the kernels call through function pointers set now.
+_requested_isa = os.environ.get("FASTWS_KERNEL_ISA", "").strip()
+_check_kernel_isa(_requested_isa, KERNEL_ISAS_AVAILABLE)
+if fastws_kernels_select(_requested_isa.encode()) != 0:
+    raise RuntimeError(f"the kernels refused FASTWS_KERNEL_ISA={_requested_isa!r}")  # checked just above
+# The family in use, and whether FASTWS_KERNEL_ISA chose it.
 KERNEL_ISA = fastws_kernels_isa().decode()
+KERNEL_ISA_FORCED = bool(_requested_isa)
 
 OPEN = 1
 CLOSING = 2

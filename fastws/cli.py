@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from ._accel import IMPLEMENTATION, KERNEL_ISA, USING_EXTENSION
+from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, USING_EXTENSION
 from .client import connect
 from .connection import Listener
 from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -42,7 +42,8 @@ PARENT_CHECK_INTERVAL = 1.0  # a worker whose supervisor vanished stops within t
 
 def version_text() -> str:
     if USING_EXTENSION:
-        path = f"compiled extension ({IMPLEMENTATION}, kernels: {KERNEL_ISA})"
+        forced = ", forced by FASTWS_KERNEL_ISA" if KERNEL_ISA_FORCED else ""
+        path = f"compiled extension ({IMPLEMENTATION}, kernels: {KERNEL_ISA}{forced})"
     else:
         path = "pure Python (no compiled extension)"
     return f"fastws {__version__}\nhot path: {path}\nevent loop: {event_loop_name()}\npython: {sys.version.split()[0]}"

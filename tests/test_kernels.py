@@ -1,18 +1,25 @@
 """The hot-path kernels (masking, incremental UTF-8 validation, frame headers) against
 simple reference implementations, for every implementation that is importable:
-``fastws._pure`` always, ``fastws._speedups`` when it was built."""
+``fastws._pure`` always, ``fastws._speedups`` when it was built.
+
+The compiled kernels run the family that ``FASTWS_KERNEL_ISA`` forces, or the best one
+the CPU runs: ``.ci/run`` runs this file once per family available; the last section
+checks the variable itself (each family in a subprocess, the errors for bad values)."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import struct
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from _serveproc import NEUTRAL_CWD, child_env
 from _wsutil import build_frame, parse_frames, xor_mask
 
 
@@ -349,3 +356,111 @@ def test_encode_frame_masked_round_trips_with_fresh_keys(impl: ModuleType, size:
     assert rest == b""
     assert all(f.masked and f.payload == payload and f.opcode == 1 and f.fin for f in frames)
     assert len({f.key for f in frames}) == 8
+
+
+# -- kernel family: FASTWS_KERNEL_ISA --------------------------------------------------------
+
+try:
+    _SPEEDUPS: ModuleType | None = importlib.import_module("fastws._speedups")
+except ImportError:
+    _SPEEDUPS = None
+needs_extension = pytest.mark.skipif(_SPEEDUPS is None, reason="the compiled extension is not built")
+AVAILABLE_ISAS: tuple[str, ...] = _SPEEDUPS.KERNEL_ISAS_AVAILABLE if _SPEEDUPS is not None else ()
+
+# A child prints what it runs; FASTWS_EXTENSION=1 so that the pure-Python pass of the suite
+# still asks the compiled path (and cannot fall back to pure Python).
+_REPORT = "import fastws._speedups as s; from fastws.cli import version_text; print(s.KERNEL_ISA, s.KERNEL_ISA_FORCED); print(version_text())"
+
+
+def _run_child(code: str, isa: str | None, extension: str | None = "1") -> subprocess.CompletedProcess[str]:
+    env = child_env()
+    env.pop("FASTWS_KERNEL_ISA", None)
+    env.pop("FASTWS_EXTENSION", None)
+    if isa is not None:
+        env["FASTWS_KERNEL_ISA"] = isa
+    if extension is not None:
+        env["FASTWS_EXTENSION"] = extension
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=NEUTRAL_CWD)
+
+
+@needs_extension
+def test_families_known_and_available() -> None:
+    assert _SPEEDUPS is not None
+    assert _SPEEDUPS.KERNEL_ISAS == ("scalar", "sse2", "ssse3", "avx2")
+    # Weakest first, and a CPU that runs a family runs every one before it.
+    assert AVAILABLE_ISAS == _SPEEDUPS.KERNEL_ISAS[: len(AVAILABLE_ISAS)]
+    assert AVAILABLE_ISAS[0] == "scalar"
+
+
+@needs_extension
+def test_this_process_runs_the_family_its_environment_asks_for() -> None:
+    # What makes the per-family runs of this file and tests/test_differential.py in .ci/run
+    # test what they claim.
+    assert _SPEEDUPS is not None
+    requested = os.environ.get("FASTWS_KERNEL_ISA", "").strip()
+    assert _SPEEDUPS.KERNEL_ISA == (requested or AVAILABLE_ISAS[-1])
+    assert _SPEEDUPS.KERNEL_ISA_FORCED == bool(requested)
+
+
+@pytest.mark.parametrize("isa", AVAILABLE_ISAS)
+def test_fastws_kernel_isa_selects_the_family(isa: str) -> None:
+    result = _run_child(_REPORT, isa)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{isa} True"
+    assert f"hot path: compiled extension (cython, kernels: {isa}, forced by FASTWS_KERNEL_ISA)" in lines
+
+
+@needs_extension
+@pytest.mark.parametrize("value", ["", "  "])
+def test_fastws_kernel_isa_empty_means_the_best_family(value: str) -> None:
+    result = _run_child(_REPORT, value)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{AVAILABLE_ISAS[-1]} False"
+    assert f"hot path: compiled extension (cython, kernels: {AVAILABLE_ISAS[-1]})" in lines
+
+
+@needs_extension
+@pytest.mark.parametrize("value", ["neon", "AVX2", "avx512", "sse4.2", "auto"])
+@pytest.mark.parametrize("extension", ["1", None])
+def test_fastws_kernel_isa_unknown_value_fails_at_import(value: str, extension: str | None) -> None:
+    # With FASTWS_EXTENSION unset too: an error, not a quiet fall back to pure Python.
+    result = _run_child("import fastws; print(fastws._accel.IMPLEMENTATION)", value, extension)
+    assert result.returncode != 0, result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ValueError: FASTWS_KERNEL_ISA={value!r}: unknown value;"), last
+    assert "valid values: scalar, sse2, ssse3, avx2 or empty for automatic" in last
+    assert f"this CPU runs: {', '.join(AVAILABLE_ISAS)}" in last
+
+
+@needs_extension
+def test_a_family_the_cpu_lacks_is_refused() -> None:
+    # No CPU here lacks SSE2, so the check behind the import is called with a smaller set.
+    assert _SPEEDUPS is not None
+    check = _SPEEDUPS._check_kernel_isa
+    with pytest.raises(ValueError) as info:
+        check("avx2", ("scalar", "sse2"))
+    assert str(info.value) == (
+        "FASTWS_KERNEL_ISA='avx2': this CPU cannot run it; valid values: scalar, sse2, ssse3, avx2 "
+        "or empty for automatic; this CPU runs: scalar, sse2"
+    )
+    with pytest.raises(ValueError, match="this CPU cannot run it"):
+        check("ssse3", ("scalar",))
+    check("sse2", ("scalar", "sse2"))
+    check("", ("scalar",))
+
+
+def test_fastws_kernel_isa_is_ignored_on_the_pure_python_path() -> None:
+    result = _run_child("import fastws; print(fastws._accel.IMPLEMENTATION)", "neon", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "python"
+
+
+def test_fastws_kernel_isa_without_the_extension_is_an_import_error() -> None:
+    # Kernels were asked for and there are none: no quiet fall back to pure Python.
+    code = "import sys; sys.modules['fastws._speedups'] = None; import fastws"
+    result = _run_child(code, "scalar", None)
+    assert result.returncode != 0, result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: FASTWS_KERNEL_ISA=scalar but the compiled extension fastws._speedups is missing"), last

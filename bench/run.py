@@ -515,7 +515,7 @@ def fmt(v, nd=0):
     if v is None:
         return "-"
     if isinstance(v, float) and nd == 0:
-        return "{:,.0f}".format(v)
+        return f"{v:,.0f}"
     return ("{:,.%df}" % nd).format(v)
 
 

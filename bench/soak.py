@@ -171,7 +171,7 @@ class Ctx:
         if not self.stopping and seconds > 0:
             try:
                 await asyncio.wait_for(asyncio.shield(self.stop_fut), seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return self.stopping
 
@@ -438,7 +438,7 @@ class Client(asyncio.Protocol):
             self.waiter = self.loop.create_future()
             try:
                 await asyncio.wait_for(self.waiter, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return not self.expected
 
@@ -447,7 +447,7 @@ class Client(asyncio.Protocol):
             self.write_waiter = self.loop.create_future()
             try:
                 await asyncio.wait_for(self.write_waiter, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return not self.write_paused
 
@@ -460,7 +460,7 @@ class Client(asyncio.Protocol):
                 self.transport.write(client_frame(OP_CLOSE, struct.pack("!H", 1000)))
             try:
                 await asyncio.wait_for(asyncio.shield(self.lost), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.abort()
                 return False
         return True
@@ -483,7 +483,7 @@ async def good_client(ctx, cid):
     while not ctx.stopping:
         try:
             p = await ctx.connect("good", cid)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             ctx.error("good_connect_fail", "good#%d: cannot connect: %r" % (cid, exc))
             await ctx.sleep(1.0)
             continue
@@ -526,7 +526,7 @@ async def slow_client(ctx, cid):
     while not ctx.stopping:
         try:
             p = await ctx.connect("slow", cid, rcvbuf=cfg["small_rcvbuf"])
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             ctx.c["slow_connect_fail"] += 1
             if len(ctx.errors) < 50:
                 ctx.errors.append("[load %d] slow#%d: cannot connect: %r" % (ctx.idx, cid, exc))
@@ -605,7 +605,7 @@ async def resetter(ctx, cid):
                 ctx.open["reset"] -= 1
             ctx.c["reset_done"] += 1
             ctx.c["reset_" + variant] += 1
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, ConnectionError):
             ctx.c["reset_errors"] += 1
         finally:
             if sock is not None:
@@ -635,14 +635,14 @@ async def flooder(ctx, cid):
                         # Never cut a batch short and go on (that would send half a frame): a batch
                         # still not taken when the flood is over ends it, with the reset below.
                         await asyncio.wait_for(loop.sock_sendall(sock, batch), max(end - time.monotonic(), 0.0) + 1.0)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         ctx.c["ping_blocked"] += 1  # the server stopped taking them (backpressure)
                         break
                     ctx.c["ping_frames"] += batch_frames
                     ctx.c["ping_bytes"] += len(batch)
             finally:
                 ctx.open["ping"] -= 1
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, ConnectionError):
             ctx.c["ping_errors"] += 1
         finally:
             if sock is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import codecs
 import os
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, connection_closed
 from .frames import build_close_payload, check_close_code_to_send, parse_close_payload, truncate_reason

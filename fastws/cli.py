@@ -18,8 +18,9 @@ import signal
 import ssl as ssl_module
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import __version__
 from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, USING_EXTENSION
@@ -282,7 +283,7 @@ def render(message: str | bytes) -> str:
     return f"(binary, {len(message)} bytes) {shown}{' …' if len(message) > 64 else ''}"
 
 
-def read_lines(loop: asyncio.AbstractEventLoop, lines: "asyncio.Queue[str | None]") -> None:
+def read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]) -> None:
     """In a daemon thread (stdin may be a terminal, a pipe or a file): each line, then None at EOF."""
     try:
         for line in sys.stdin:

@@ -7,8 +7,9 @@ import logging
 import random
 import ssl as ssl_module
 import urllib.parse
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Generator, Sequence
+from typing import Any
 
 from . import __version__
 from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener, take_over_transport
@@ -53,7 +54,7 @@ def parse_uri(uri: str) -> WebSocketURI:
 class _HandshakeProtocol(asyncio.Protocol):
     """Sends the upgrade request, checks the answer, then hands the transport to a Connection."""
 
-    def __init__(self, handshake: ClientHandshake, done: "asyncio.Future[tuple[Any, bytes]]") -> None:
+    def __init__(self, handshake: ClientHandshake, done: asyncio.Future[tuple[Any, bytes]]) -> None:
         self.handshake = handshake
         self.done = done
         self.transport: asyncio.Transport | None = None

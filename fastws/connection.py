@@ -15,7 +15,8 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import _accel
 from .exceptions import InvalidState, ProtocolError
@@ -50,19 +51,19 @@ class Listener:
     #: never pile up either way: while writing is paused only the latest waits.
     pause_reading_while_writing_paused = True
 
-    def on_connect(self, conn: "Connection") -> None:
+    def on_connect(self, conn: Connection) -> None:
         """The handshake is done; ``conn`` can send."""
 
-    def on_message(self, conn: "Connection", data: bytes, is_text: bool) -> None:
+    def on_message(self, conn: Connection, data: bytes, is_text: bool) -> None:
         """A complete message. Text arrives as validated UTF-8 bytes with ``is_text``."""
 
-    def on_pong(self, conn: "Connection", payload: bytes) -> None:
+    def on_pong(self, conn: Connection, payload: bytes) -> None:
         """A pong arrived."""
 
-    def on_close(self, conn: "Connection", code: int, reason: str) -> None:
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
         """The connection is gone; ``code`` is 1006 if it ended without a closing handshake."""
 
-    def on_protocol_error(self, conn: "Connection", exc: ProtocolError) -> None:
+    def on_protocol_error(self, conn: Connection, exc: ProtocolError) -> None:
         """The peer broke the protocol; nothing after the bad frame is read.
 
         The default fails the connection at once (close frame with ``exc.code``).
@@ -71,10 +72,10 @@ class Listener:
         """
         conn.fail(exc)
 
-    def pause_writing(self, conn: "Connection") -> None:
+    def pause_writing(self, conn: Connection) -> None:
         """The transport's write buffer went over its high-water mark."""
 
-    def resume_writing(self, conn: "Connection") -> None:
+    def resume_writing(self, conn: Connection) -> None:
         """The write buffer drained below its low-water mark."""
 
 

@@ -12,9 +12,9 @@ import binascii
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable, Iterable, Iterator, Sequence
 
 from .exceptions import InvalidOrigin, InvalidRequest, InvalidResponse
 

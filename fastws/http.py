@@ -9,8 +9,8 @@ the handshake itself, before ``process_request``.)
 from __future__ import annotations
 
 import importlib.resources
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, Sequence
 
 from .handshake import Headers, Request, Response, upgrades_to_websocket
 

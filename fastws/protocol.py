@@ -13,8 +13,9 @@ event loops drive them::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 from . import _accel
 from .exceptions import InvalidHandshake, InvalidRequest, ProtocolError
@@ -89,7 +90,7 @@ Event = Union[Connected, Message, Ping, Pong, CloseReceived, Failed, HandshakeFa
 class _EventCore(_accel.ProtocolCore):
     """A ProtocolCore that records its events and output in lists."""
 
-    def __init__(self, owner: "_SansIOProtocol", client: bool, **options: Any) -> None:
+    def __init__(self, owner: _SansIOProtocol, client: bool, **options: Any) -> None:
         super().__init__(client, **options)
         self.owner = owner
         self._write = owner._output.append

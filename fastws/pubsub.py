@@ -47,9 +47,9 @@ class Broker:
     its last one; the broker calls ``hub.deliver`` for messages from elsewhere.
     """
 
-    hub: "PubSub"
+    hub: PubSub
 
-    def attach(self, hub: "PubSub") -> None:
+    def attach(self, hub: PubSub) -> None:
         self.hub = hub
 
     async def start(self) -> None:
@@ -112,7 +112,7 @@ class PubSub:
         members = self._subscribers.get(topic)
         return len(members) if members else 0
 
-    def subscribe(self, conn: "Connection", topic: str) -> bool:
+    def subscribe(self, conn: Connection, topic: str) -> bool:
         """Subscribe ``conn`` to ``topic``; False if it already was or is no longer open."""
         if not isinstance(topic, str):
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
@@ -133,7 +133,7 @@ class PubSub:
             members.add(conn)
         return True
 
-    def unsubscribe(self, conn: "Connection", topic: str) -> bool:
+    def unsubscribe(self, conn: Connection, topic: str) -> bool:
         """Unsubscribe ``conn`` from ``topic``; False if it was not subscribed."""
         topics = conn._topics
         if not topics or topic not in topics:
@@ -142,7 +142,7 @@ class PubSub:
         self._forget(conn, topic)
         return True
 
-    def unsubscribe_all(self, conn: "Connection") -> None:
+    def unsubscribe_all(self, conn: Connection) -> None:
         """Drop every subscription of ``conn`` (done when it closes)."""
         topics = conn._topics
         if topics:
@@ -151,7 +151,7 @@ class PubSub:
                 self._forget(conn, topic)
         self._over.discard(conn)
 
-    def _forget(self, conn: "Connection", topic: str) -> None:
+    def _forget(self, conn: Connection, topic: str) -> None:
         members = self._subscribers.get(topic)
         if members is None:
             return
@@ -161,7 +161,7 @@ class PubSub:
             if self.broker is not None:
                 self.broker.topics_changed()
 
-    def writing_resumed(self, conn: "Connection") -> None:
+    def writing_resumed(self, conn: Connection) -> None:
         """``conn``'s write buffer drained: it gets messages again."""
         self._over.discard(conn)
 
@@ -220,7 +220,7 @@ class PubSub:
                 self._write_to(members, data, run)
             start = end
 
-    def _write_to(self, members: set["Connection"], data: bytes, run: list[tuple[str, bytes, int, bytes]]) -> None:
+    def _write_to(self, members: set[Connection], data: bytes, run: list[tuple[str, bytes, int, bytes]]) -> None:
         limit = self.subscriber_buffer
         over = self._over
         written = 0
@@ -243,7 +243,7 @@ class PubSub:
         if slow is not None:
             self._slow(slow, len(run))
 
-    def _slow(self, conns: list["Connection"], messages: int) -> None:
+    def _slow(self, conns: list[Connection], messages: int) -> None:
         if self.slow_subscriber == "close":
             for conn in conns:
                 logger.info("closing a slow subscriber (over %d bytes of unsent output): %r", self.subscriber_buffer, conn)
@@ -331,8 +331,8 @@ class RedisBroker(Broker):
 
     def _client(self) -> Any:
         from redis.asyncio import Redis
-        from redis.backoff import NoBackoff
         from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         # No retries inside redis-py: an outage must surface here, where it is counted and logged.
         return Redis.from_url(
@@ -460,7 +460,7 @@ class RedisBroker(Broker):
         finally:
             await _quietly(client.aclose())
 
-    async def _sync_topics(self, pubsub: Any, reader: "asyncio.Task[None]") -> None:
+    async def _sync_topics(self, pubsub: Any, reader: asyncio.Task[None]) -> None:
         """Follow the local topics until the connection fails (the reader ends)."""
         assert self._topics_changed is not None
         changed = self._topics_changed
@@ -561,7 +561,7 @@ async def _quietly(awaitable: Any) -> None:
         pass
 
 
-def make_broker(broker: "str | Broker | None") -> Broker | None:
+def make_broker(broker: str | Broker | None) -> Broker | None:
     """``broker=`` of ``serve`` / ``create_server``: None (in-process), a URL, or a Broker."""
     if broker is None or isinstance(broker, Broker):
         return broker

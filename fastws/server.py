@@ -7,8 +7,9 @@ import inspect
 import logging
 import socket
 import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generator, Sequence
+from typing import Any
 
 from . import __version__
 from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr, take_over_transport
@@ -40,7 +41,7 @@ class ConnectionOptions:
 class _HandshakeProtocol(asyncio.Protocol):
     """Reads the upgrade request, answers it, then hands the transport to a Connection."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.reader = HeadReader(InvalidRequest)
@@ -236,7 +237,7 @@ class Server:
         if self._closing:
             conn.close(1001, "server shutting down")
 
-    def _track(self, task: "asyncio.Task[Any]") -> None:
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -278,7 +279,7 @@ class Server:
             await self.wait_closed()
             raise
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

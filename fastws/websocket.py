@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from .connection import CLOSED, OPEN, Connection, Listener
 from .exceptions import ConnectionClosedOK, InvalidState, ProtocolError, connection_closed
@@ -258,7 +259,7 @@ class WebSocket(Listener):
         if conn.state == CLOSED:
             raise conn.closed_error()
 
-    async def ping(self, data: bytes | str | None = None) -> "asyncio.Future[float]":
+    async def ping(self, data: bytes | str | None = None) -> asyncio.Future[float]:
         """Send a ping; returns a future that resolves to the round-trip time when the pong arrives."""
         conn = self._conn
         if conn.state != OPEN:
@@ -292,7 +293,7 @@ class WebSocket(Listener):
         """Wait until the connection is closed."""
         await asyncio.shield(self._conn.closed)
 
-    async def __aenter__(self) -> "WebSocket":
+    async def __aenter__(self) -> WebSocket:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

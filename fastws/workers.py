@@ -21,9 +21,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Supervisor", "WorkerStartError", "reserve_port", "WorkerTarget"]
 

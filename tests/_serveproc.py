@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import IO, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import IO, Any
 
 import fastws
 
@@ -105,7 +106,7 @@ class ServeProcess:
             self.proc.kill()
         self.proc.wait()
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -9,8 +9,9 @@ import contextlib
 import hashlib
 import os
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import fastws
 
@@ -170,12 +171,12 @@ class RawClient:
         self.local_port: int = writer.get_extra_info("sockname")[1]
 
     @classmethod
-    async def open(cls, port: int, host: str = "127.0.0.1") -> "RawClient":
+    async def open(cls, port: int, host: str = "127.0.0.1") -> RawClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), IO_TIMEOUT)
         return cls(reader, writer)
 
     @classmethod
-    async def connect(cls, port: int, path: str = "/", host: str = "127.0.0.1") -> "RawClient":
+    async def connect(cls, port: int, path: str = "/", host: str = "127.0.0.1") -> RawClient:
         """Open and complete the opening handshake."""
         client = await cls.open(port, host)
         client.send(upgrade_request(path))

@@ -7,7 +7,6 @@ server closes the connection.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 

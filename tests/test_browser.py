@@ -13,8 +13,9 @@ import hashlib
 import os
 import signal
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

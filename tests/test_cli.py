@@ -4,7 +4,6 @@ SIGINT (open connections get 1001, exit status 0), ``--version``, and a port in 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
@@ -49,7 +48,7 @@ async def stop(proc: asyncio.subprocess.Process) -> tuple[int, bytes]:
     """Wait for the process to exit by itself; kill it only if it does not (then fail)."""
     try:
         _, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise AssertionError("the server process did not exit") from None

@@ -21,15 +21,14 @@ import importlib
 import os
 import random
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-
-from _wsutil import parse_frames, xor_mask
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import fastws._pure as PY
+from _wsutil import parse_frames, xor_mask
 
 try:
     C = importlib.import_module("fastws._speedups")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from _wsutil import RFC_KEY, expected_accept, parse_http_head, upgrade_request
 from fastws import Headers, InvalidOrigin, InvalidRequest, InvalidResponse, Request

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 import fastws
-from fastws.apps import EchoListener
 from _wsutil import echo_handler, expected_accept, parse_frames, upgrade_request
+from fastws.apps import EchoListener
 
 WRITE_LIMIT = 2**16
 KERNEL_BUFFER = 16384

@@ -117,7 +117,7 @@ def test_keepalive_can_be_disabled(run: Any) -> None:
             assert frame.opcode == 10 and frame.payload == b"probe"
             try:
                 frame = await asyncio.wait_for(client.read_frame(), 3 * INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             else:
                 raise AssertionError(f"unexpected frame with keepalive off: {frame}")

@@ -16,8 +16,7 @@ import sys
 from types import ModuleType
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from _serveproc import NEUTRAL_CWD, child_env
 from _wsutil import build_frame, parse_frames, xor_mask

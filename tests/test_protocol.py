@@ -11,8 +11,7 @@ import re
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from _wsutil import Frame, build_frame, close_payload, expected_accept, parse_frames, upgrade_request
 from fastws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, FastWSError, PayloadTooBig, ProtocolError

@@ -23,7 +23,7 @@ async def wait(aw: Any) -> Any:
 class Subscriber(fastws.Listener):
     """Subscribes to the topics named in the path (``/a,b``) and publishes what it receives to topic ``out``."""
 
-    joined: "asyncio.Queue[fastws.Connection]"
+    joined: asyncio.Queue[fastws.Connection]
 
     def on_connect(self, conn: fastws.Connection) -> None:
         for topic in conn.request.path.lstrip("/").split(","):
@@ -35,7 +35,7 @@ class Subscriber(fastws.Listener):
         conn.server.publish("out", data, is_text)
 
 
-async def start(**options: Any) -> tuple[fastws.Server, "asyncio.Queue[fastws.Connection]"]:
+async def start(**options: Any) -> tuple[fastws.Server, asyncio.Queue[fastws.Connection]]:
     joined: asyncio.Queue[fastws.Connection] = asyncio.Queue()
 
     def factory() -> Subscriber:
@@ -47,7 +47,7 @@ async def start(**options: Any) -> tuple[fastws.Server, "asyncio.Queue[fastws.Co
     return server, joined
 
 
-async def join(server: fastws.Server, joined: "asyncio.Queue[fastws.Connection]", path: str) -> Any:
+async def join(server: fastws.Server, joined: asyncio.Queue[fastws.Connection], path: str) -> Any:
     """A client connected to ``path``, once the server side has subscribed it."""
     client = await fastws.connect(uri_of(server, path))
     await wait(joined.get())
@@ -275,7 +275,7 @@ class CountingReader(fastws.Listener):
         self.target = 0
         self.reached: asyncio.Future[None] | None = None
 
-    def expect(self, target: int) -> "asyncio.Future[None]":
+    def expect(self, target: int) -> asyncio.Future[None]:
         self.target = target
         self.reached = asyncio.get_running_loop().create_future()
         if self.count >= target:

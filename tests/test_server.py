@@ -482,7 +482,7 @@ def test_fragmented_message_with_ping_reaches_the_handler_whole(run: Any) -> Non
     async def main() -> None:
         async with echo_server() as server:
             client = await RawClient.connect(port_of(server))
-            client.send(build_frame(1, "fr".encode(), fin=False) + build_frame(9, b"hb") + build_frame(0, "ag€".encode()))
+            client.send(build_frame(1, b"fr", fin=False) + build_frame(9, b"hb") + build_frame(0, "ag€".encode()))
             pong = await client.read_frame()
             assert (pong.opcode, pong.payload, pong.masked) == (10, b"hb", False)
             echo = await client.read_frame()
@@ -501,7 +501,7 @@ class Recorder(fastws.Listener):
     """Records every callback in a shared list; echoes messages with conn.send."""
 
     log: list[tuple[Any, ...]] = []
-    closed: "asyncio.Queue[tuple[int, str]] | None" = None
+    closed: asyncio.Queue[tuple[int, str]] | None = None
 
     def on_connect(self, conn: fastws.Connection) -> None:
         self.log.append(("connect", conn.request.path, conn.client))

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Iterable
+from collections.abc import Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

@@ -5,17 +5,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
-import fastws._pure as PY
-import fastws._speedups as C
 from aiohttp._websocket.mask import _websocket_mask_cython as aiohttp_mask
 from websockets.speedups import apply_mask as websockets_mask
 from wsaccel.utf8validator import Utf8Validator as WsaccelValidator
 from wsaccel.xormask import XorMaskerSimple
 
+import fastws._pure as PY
+import fastws._speedups as C
 from payloads import KEY, SIZES, binary, text
 
 

@@ -10,7 +10,6 @@ import pytest
 
 import fastws._pure as PY
 import fastws._speedups as C
-
 from payloads import KEY, SIZES, binary, text
 from test_kernels_bench import measure
 

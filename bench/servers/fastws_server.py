@@ -7,9 +7,8 @@ FASTWS_BENCH_BROKER=redis://... the topic is shared with other processes.
 """
 import os
 
-from common import MAX_SIZE, announce, lib_version, run_server
-
 import fastws
+from common import MAX_SIZE, announce, lib_version, run_server
 
 fanout_members = set()
 

@@ -4,7 +4,6 @@ picows uses aiofastnet for its transports by default when it is installed;
 the INFO line records whether it is.
 """
 
-import picows
 from picows import WSListener, WSMsgType, ws_create_server
 
 from common import MAX_SIZE, announce, lib_version, run_server

@@ -1,7 +1,5 @@
 """websockets echo / fan-out server (asyncio API, compression off, on uvloop)."""
-import asyncio
 
-import websockets
 from websockets.asyncio.server import broadcast, serve
 
 from common import MAX_SIZE, announce, lib_version, run_server

@@ -9,8 +9,9 @@ idle connection holds no zlib memory unless it keeps a compression context.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 from ..exceptions import InvalidResponse, PayloadTooBig, ProtocolError
 
@@ -110,8 +111,8 @@ class PerMessageDeflate:
         self.reset_decompressor = reset_decompressor
         self.level = level
         self.mem_level = mem_level
-        self._compressor: "zlib._Compress | None" = None
-        self._decompressor: "zlib._Decompress | None" = None
+        self._compressor: zlib._Compress | None = None
+        self._decompressor: zlib._Decompress | None = None
 
     def decode(self, payload: bytes, fin: bool, msg_size: int, max_size: int | None) -> bytes:
         """Inflate one frame of a compressed message; ``msg_size`` bytes of it were inflated before.
@@ -163,7 +164,7 @@ class PerMessageDeflate:
 
 # -- Sec-WebSocket-Extensions header --------------------------------------------------
 
-Params = dict[str, Union[str, None]]
+Params = dict[str, str | None]
 
 
 class _BadHeader(ValueError):

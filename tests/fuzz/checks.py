@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import fastws._pure as PY
 from fastws.exceptions import InvalidRequest, InvalidResponse, ProtocolError

@@ -68,7 +68,7 @@ def frames_seeds() -> dict[str, bytes]:
             "reserved-opcode": (0, f(3, b"x")),
             "too-big-max16": (4, f(2, b"0123456789", fin=False) + f(0, b"abcdefghij")),
             "fragments-max3": (0x20, f(2, b"a", fin=False) + f(0, b"b", fin=False) + f(0, b"c", fin=False) + f(0, b"d")),
-            "deflate-text": (0x08, f(1, deflated("compressed text ".encode() * 8), rsv=4) + f(9)),
+            "deflate-text": (0x08, f(1, deflated(b"compressed text " * 8), rsv=4) + f(9)),
             "deflate-fragmented": (0x08, f(2, halves(deflated(bytes(200)))[0], fin=False, rsv=4) + f(0, halves(deflated(bytes(200)))[1])),
             "deflate-9-reset": (0x10, f(1, deflated(b"abcabcabc" * 20, 9), rsv=4) + f(1, deflated(b"again", 9), rsv=4)),
             "identity-rsv1": (0x18, f(1, b"plain but rsv1", rsv=4)),

@@ -78,7 +78,7 @@ def coverage(harnesses: list[str], work: str) -> int:
             print(f"coverage replay of {harness} failed (exit {rc})", file=sys.stderr)
             return rc
     include = ",".join("*/" + path for path in COVERED)
-    print(f"\n=== line coverage of the pure-Python modules, replaying seeds + regressions + new corpus")
+    print("\n=== line coverage of the pure-Python modules, replaying seeds + regressions + new corpus")
     return subprocess.run(
         [sys.executable, "-m", "coverage", "report", f"--data-file={data}", f"--include={include}", "--show-missing"], cwd=work
     ).returncode

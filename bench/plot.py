@@ -31,7 +31,7 @@ def latest_chart(results):
                ("msgs_per_s_vs_picows", "messages per second, x picows")]
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 1.3 * len(cases) * len(servers) / 3), 8), squeeze=False)
     width = 0.8 / max(1, len(servers))
-    for ax, (key, title) in zip(axes[:, 0], metrics):
+    for ax, (key, title) in zip(axes[:, 0], metrics, strict=True):
         for i, s in enumerate(servers):
             xs, ys = [], []
             for j, c in enumerate(cases):

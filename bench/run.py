@@ -393,7 +393,7 @@ def run_one(loadgen, server, case, warmup, duration):
     if notes:
         res["notes"] = notes[:12]
     if "MEASURE_START" in marks and "MEASURE_END" in marks:
-        (t0, c0, r0, b0), (t1, c1, r1, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
+        (t0, c0, r0, b0), (t1, c1, _r1, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
         res["server_cpu_s"] = round(c1 - c0, 3)
         # busy time of the whole machine not spent in the server or the loadgen
         # (softirq work of the two shows up here too, so small values are normal)

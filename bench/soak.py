@@ -376,7 +376,7 @@ class Client(asyncio.Protocol):
         exp_text, exp, t_sent = self.expected.popleft()
         self.outstanding -= len(exp)
         if exp_text != is_text or exp != payload:
-            where = next((i for i, (a, b) in enumerate(zip(exp, payload)) if a != b), min(len(exp), len(payload)))
+            where = next((i for i, (a, b) in enumerate(zip(exp, payload, strict=False)) if a != b), min(len(exp), len(payload)))
             self._fail("corrupt", "echo differs: expected %s %d bytes, got %s %d bytes, first difference at %d"
                        % ("text" if exp_text else "binary", len(exp), "text" if is_text else "binary", len(payload), where))
             return
@@ -417,7 +417,7 @@ class Client(asyncio.Protocol):
         op = OP_TEXT if text else OP_BINARY
         if len(payload) > 2 and rng.random() < fragment_p:
             cuts = sorted(rng.sample(range(1, len(payload)), min(rng.randint(1, 2), len(payload) - 1)))
-            parts = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)])]
+            parts = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)], strict=True)]
             data = b"".join(client_frame(op if i == 0 else OP_CONT, p, fin=(i == len(parts) - 1))
                             for i, p in enumerate(parts))
         else:
@@ -658,7 +658,7 @@ async def load_async(idx, cfg, out, stop_event):
     base = idx * 1_000_000
     tasks = []
     for role, fn in (("good", good_client), ("slow", slow_client), ("reset", resetter), ("ping", flooder)):
-        for i in range(counts[role]):
+        for _ in range(counts[role]):
             tasks.append(asyncio.ensure_future(fn(ctx, base + len(tasks))))
     parent = os.getppid()
     hard_deadline = time.monotonic() + cfg["duration"] + cfg["drain"] + 120
@@ -1232,7 +1232,7 @@ def main(argv=None):
             rss_end = server_usage(server.pid)[0]
             end = {"fds_returned": ok, "fds_last": fds, "waited_s": round(waited, 1),
                    "rss_mib": round(rss_end, 1), "fd_kinds": kinds}
-            s = sample("end")
+            sample("end")
             end_text = ("fds back to %d (baseline %d) %.1f s after the load processes exited, RSS %.1f MiB"
                         % (fds, fds0, waited, rss_end) if ok else
                         "fds still %d (baseline %d) after %.0f s, RSS %.1f MiB" % (fds, fds0, waited, rss_end))

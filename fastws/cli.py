@@ -358,18 +358,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version, the hot path in use and the event loop")
     sub = parser.add_subparsers(dest="command")
 
-    serve_parser = sub.add_parser("serve", help="run a server", description="Run a WebSocket server; it also answers GET / (a browser client) and GET /healthz.")
-    serve_parser.add_argument("app", nargs="?", default="echo", help="echo (default), chat (path /ROOM joins room ROOM), or module:callable (a handler coroutine or a fastws.Listener subclass)")
+    serve_parser = sub.add_parser(
+        "serve", help="run a server", description="Run a WebSocket server; it also answers GET / (a browser client) and GET /healthz."
+    )
+    serve_parser.add_argument(
+        "app",
+        nargs="?",
+        default="echo",
+        help="echo (default), chat (path /ROOM joins room ROOM), or module:callable (a handler coroutine or a fastws.Listener subclass)",
+    )
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_parser.add_argument("--port", type=port_number, default=8765, help="port to listen on; 0 picks a free one (default 8765)")
-    serve_parser.add_argument("--workers", type=positive_int, default=1, help="processes sharing the port with SO_REUSEPORT, restarted if they die (default 1)")
+    serve_parser.add_argument(
+        "--workers", type=positive_int, default=1, help="processes sharing the port with SO_REUSEPORT, restarted if they die (default 1)"
+    )
     serve_parser.add_argument("--ssl-certfile", help="certificate chain (PEM): serve wss://")
     serve_parser.add_argument("--ssl-keyfile", help="private key (PEM), if not in the certificate file")
     serve_parser.add_argument("--compression", choices=["off", "deflate"], help="permessage-deflate (default: the library's)")
-    serve_parser.add_argument("--max-size", type=non_negative(int), default=2**20, help="largest message in bytes, 0 for no limit (default 1 MiB)")
-    serve_parser.add_argument("--ping-interval", type=non_negative(float), help="seconds between keepalive pings, 0 for none (default: the library's)")
-    serve_parser.add_argument("--ping-timeout", type=non_negative(float), help="seconds to wait for a pong before closing, 0 for no limit (default: the library's)")
-    serve_parser.add_argument("--broker", metavar="URL", help="share pub/sub topics (chat rooms) with every server on this broker: redis://host:port/db (default: in-process)")
+    serve_parser.add_argument(
+        "--max-size", type=non_negative(int), default=2**20, help="largest message in bytes, 0 for no limit (default 1 MiB)"
+    )
+    serve_parser.add_argument(
+        "--ping-interval", type=non_negative(float), help="seconds between keepalive pings, 0 for none (default: the library's)"
+    )
+    serve_parser.add_argument(
+        "--ping-timeout", type=non_negative(float), help="seconds to wait for a pong before closing, 0 for no limit (default: the library's)"
+    )
+    serve_parser.add_argument(
+        "--broker",
+        metavar="URL",
+        help="share pub/sub topics (chat rooms) with every server on this broker: redis://host:port/db (default: in-process)",
+    )
     serve_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
     serve_parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 

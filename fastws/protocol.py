@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from . import _accel
 from .exceptions import InvalidHandshake, InvalidRequest, ProtocolError
@@ -84,7 +84,7 @@ class HandshakeFailed:
     error: InvalidHandshake
 
 
-Event = Union[Connected, Message, Ping, Pong, CloseReceived, Failed, HandshakeFailed]
+Event = Connected | Message | Ping | Pong | CloseReceived | Failed | HandshakeFailed
 
 
 class _EventCore(_accel.ProtocolCore):

@@ -105,8 +105,8 @@ def test_version_prints_version_hot_path_and_event_loop() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"fastws {fastws.__version__}"
-    hot = [l for l in lines if l.startswith("hot path: ")]
-    loop = [l for l in lines if l.startswith("event loop: ")]
+    hot = [line for line in lines if line.startswith("hot path: ")]
+    loop = [line for line in lines if line.startswith("event loop: ")]
     assert len(hot) == 1 and len(loop) == 1, lines
     if fastws.USING_EXTENSION:
         assert hot[0].startswith("hot path: compiled extension"), hot

@@ -62,7 +62,9 @@ def listening_socket() -> socket.socket:
 def frame(opcode: int, payload: bytes, masked: bool) -> bytes:
     """A frame with an all-zero mask key when ``masked`` (the payload goes as is): fast to build in bulk."""
     n = len(payload)
-    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + struct.pack("!H", n) if n < 65536 else bytes([0xFF]) + struct.pack("!Q", n))
+    head = bytes([0x80 | opcode]) + (
+        bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + struct.pack("!H", n) if n < 65536 else bytes([0xFF]) + struct.pack("!Q", n)
+    )
     if not masked:
         return head[:1] + bytes([head[1] & 0x7F]) + head[2:] + payload
     return head + b"\0\0\0\0" + payload

@@ -812,7 +812,7 @@ def test_stream_byte_by_byte_gives_identical_events_and_output() -> None:
 def test_stream_in_any_split_gives_identical_events(cuts: list[int]) -> None:
     data = stream()
     points = sorted(set(cuts))
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)], strict=True)]
     events, _ = run_chunks(chunks)
     assert events == EXPECTED
 

@@ -127,7 +127,7 @@ def test_two_servers_form_one_topic_exactly_once_in_order(run: Any, redis_server
             await wait(redis_broker(two).wait_synced())
             sent_a = [f"a{i}" for i in range(200)]
             sent_b = [f"b{i}".encode() for i in range(200)]
-            for x, y in zip(sent_a, sent_b):
+            for x, y in zip(sent_a, sent_b, strict=True):
                 await a.send(x)
                 await b.send(y)
             for ws in (a, b):

@@ -130,7 +130,7 @@ def test_delays_grow_by_the_factor_up_to_the_maximum_with_jitter(run: Any, retry
             assert ws.close_code == 1000, "closing the iterator closes its connection"
         assert all("Connection refused" in m or "Errno" in m for m in retry_log.messages[:6]), retry_log.messages
         ceilings = [min(maximum, initial * factor**i) for i in range(6)]
-        for delay, ceiling in zip(retry_log.delays(), ceilings):
+        for delay, ceiling in zip(retry_log.delays(), ceilings, strict=False):
             assert ceiling / 2 - 0.005 <= delay <= ceiling + 0.005, (retry_log.delays(), ceilings)
 
     run(main())

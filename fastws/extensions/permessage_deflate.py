@@ -11,7 +11,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 from ..exceptions import InvalidResponse, PayloadTooBig, ProtocolError
 
@@ -63,7 +62,7 @@ class Deflate:
             raise ValueError("level must be between -1 and 9")
 
 
-CompressionOption = Union[str, Deflate, None]
+CompressionOption = str | Deflate | None
 
 
 def deflate_settings(compression: CompressionOption) -> Deflate | None:

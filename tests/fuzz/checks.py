@@ -71,7 +71,7 @@ def split_input(data: bytes) -> tuple[int, list[bytes]]:
     cuts = [struct.unpack_from("!H", data, 2 + 2 * i)[0] for i in range(n) if 2 + 2 * i + 2 <= len(data)]
     payload = data[2 + 2 * n :]
     points = sorted(c % (len(payload) + 1) for c in cuts)
-    return options, [payload[a:b] for a, b in zip([0] + points, points + [len(payload)])]
+    return options, [payload[a:b] for a, b in zip([0] + points, points + [len(payload)], strict=True)]
 
 
 def join_input(options: int, chunks: list[bytes]) -> bytes:
@@ -220,7 +220,7 @@ def run_core(twin: str, chunks: list[bytes], client: bool, opts: dict[str, Any])
 
 
 def _first_difference(a: list[Any], b: list[Any]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return f"event {i}:\n  py: {x!r:.300}\n  c:  {y!r:.300}"
     return f"lengths differ: py {len(a)} events, c {len(b)} events; extra: {(a[len(b):] or b[len(a):])[:3]!r:.300}"

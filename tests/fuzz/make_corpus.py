@@ -7,6 +7,7 @@ Frames are built by hand here (not with fastws' encoder), handshakes are typed o
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import struct
@@ -28,7 +29,9 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, 
         form = 0 if n < 126 else 1 if n < 65536 else 2
     b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
     m = 0x80 if masked else 0
-    head = bytes([b0, m | n]) if form == 0 else bytes([b0, m | 126]) + struct.pack("!H", n) if form == 1 else bytes([b0, m | 127]) + struct.pack("!Q", n)
+    head = (
+        bytes([b0, m | n]) if form == 0 else bytes([b0, m | 126]) + struct.pack("!H", n) if form == 1 else bytes([b0, m | 127]) + struct.pack("!Q", n)
+    )
     if not masked:
         return head + payload
     return head + KEY + bytes(b ^ KEY[i & 3] for i, b in enumerate(payload))
@@ -48,10 +51,7 @@ def frames_seeds() -> dict[str, bytes]:
     seeds: dict[str, bytes] = {}
     for masked in (True, False):
         side = "to-server" if masked else "to-client"
-
-        def f(*args: object, **kw: object) -> bytes:
-            return frame(*args, masked=masked, **kw)  # type: ignore[arg-type]
-
+        f = functools.partial(frame, masked=masked)
         streams = {
             "text": (0, f(1, "héllo wörld".encode())),
             "binary": (0, f(2, bytes(range(40)))),
@@ -105,8 +105,18 @@ def handshake_seeds() -> dict[str, bytes]:
         "plain": (0, request()),
         "rfc-example": (2, request("Origin: http://example.com", "Sec-WebSocket-Protocol: chat, superchat")),
         "deflate-offer": (2, request("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")),
-        "deflate-offers-two": (4, request("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10; client_max_window_bits, permessage-deflate")),
-        "deflate-no-context": (6, request("Origin: https://a.example", "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover", "Sec-WebSocket-Protocol: x")),
+        "deflate-offers-two": (
+            4,
+            request("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10; client_max_window_bits, permessage-deflate"),
+        ),
+        "deflate-no-context": (
+            6,
+            request(
+                "Origin: https://a.example",
+                "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+                "Sec-WebSocket-Protocol: x",
+            ),
+        ),
         "post": (0, request(method="POST")),
         "no-upgrade": (0, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
         "bad-key": (0, request(key="short")),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from ._accel import USING_EXTENSION  # noqa: E402
-from .client import connect, create_connection  # noqa: E402
-from .connection import Connection, Listener, broadcast  # noqa: E402
-from .exceptions import (  # noqa: E402
+from ._accel import USING_EXTENSION
+from ._version import __version__
+from .client import connect, create_connection
+from .connection import Connection, Listener, broadcast
+from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
@@ -22,10 +21,10 @@ from .exceptions import (  # noqa: E402
     PayloadTooBig,
     ProtocolError,
 )
-from .handshake import Headers, Request, Response  # noqa: E402
-from .loop import event_loop_name, new_event_loop, run  # noqa: E402
-from .server import Server, create_server, serve  # noqa: E402
-from .websocket import WebSocket  # noqa: E402
+from .handshake import Headers, Request, Response
+from .loop import event_loop_name, new_event_loop, run
+from .server import Server, create_server, serve
+from .websocket import WebSocket
 
 __all__ = [
     "__version__",

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
 from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, USING_EXTENSION
+from ._version import __version__
 from .client import connect
 from .connection import Listener
 from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI

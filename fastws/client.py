@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener, take_over_transport
 from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout
 from .extensions.permessage_deflate import CompressionOption, client_extension

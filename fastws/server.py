@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr, take_over_transport
 from .exceptions import ConnectionClosed, InvalidRequest
 from .extensions.permessage_deflate import CompressionOption, server_extension_factory

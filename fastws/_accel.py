@@ -12,6 +12,7 @@ makes a missing extension an ImportError (kernels were asked for, and there are 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 __all__ = [
     "USING_EXTENSION",
@@ -30,41 +31,63 @@ __all__ = [
     "CLOSED",
 ]
 
-_MODE = os.environ.get("FASTWS_EXTENSION", "").strip()
-if _MODE not in ("", "0", "1"):
-    raise ImportError(f"FASTWS_EXTENSION must be 0, 1 or unset, not {_MODE!r}")
+if TYPE_CHECKING:
+    # Both twins have the same API; type checkers see it through the extension's
+    # stub (_speedups.pyi), whichever twin runs.
+    from ._speedups import (
+        CLOSED,
+        CLOSING,
+        OPEN,
+        ProtocolCore,
+        SocketTransport as _SocketTransport,
+        Utf8Validator,
+        apply_mask,
+        broadcast,
+        encode_frame,
+        frame_header,
+    )
 
-_ISA = os.environ.get("FASTWS_KERNEL_ISA", "").strip()
-
-if _MODE == "0":
-    _impl = None
+    USING_EXTENSION: bool
+    IMPLEMENTATION: str
+    KERNEL_ISA: str
+    KERNEL_ISA_FORCED: bool
+    SocketTransport: type[_SocketTransport] | None
 else:
-    try:
-        # A bad FASTWS_KERNEL_ISA raises ValueError here, which passes through.
-        from . import _speedups as _impl  # type: ignore[attr-defined,no-redef]
-    except ImportError as exc:
-        if _MODE == "1" or _ISA:
-            why = "FASTWS_EXTENSION=1" if _MODE == "1" else f"FASTWS_KERNEL_ISA={_ISA}"
-            raise ImportError(
-                f"{why} but the compiled extension fastws._speedups is missing: "
-                "reinstall with a C compiler available (pip install .)"
-            ) from exc
+    _MODE = os.environ.get("FASTWS_EXTENSION", "").strip()
+    if _MODE not in ("", "0", "1"):
+        raise ImportError(f"FASTWS_EXTENSION must be 0, 1 or unset, not {_MODE!r}")
+
+    _ISA = os.environ.get("FASTWS_KERNEL_ISA", "").strip()
+
+    if _MODE == "0":
         _impl = None
+    else:
+        try:
+            # A bad FASTWS_KERNEL_ISA raises ValueError here, which passes through.
+            from . import _speedups as _impl
+        except ImportError as exc:
+            if _MODE == "1" or _ISA:
+                why = "FASTWS_EXTENSION=1" if _MODE == "1" else f"FASTWS_KERNEL_ISA={_ISA}"
+                raise ImportError(
+                    f"{why} but the compiled extension fastws._speedups is missing: "
+                    "reinstall with a C compiler available (pip install .)"
+                ) from exc
+            _impl = None
 
-if _impl is None:
-    from . import _pure as _impl  # type: ignore[no-redef]
+    if _impl is None:
+        from . import _pure as _impl
 
-USING_EXTENSION: bool = _impl.IMPLEMENTATION != "python"
-IMPLEMENTATION: str = _impl.IMPLEMENTATION
-KERNEL_ISA: str = getattr(_impl, "KERNEL_ISA", "python")
-KERNEL_ISA_FORCED: bool = getattr(_impl, "KERNEL_ISA_FORCED", False)
-apply_mask = _impl.apply_mask
-Utf8Validator = _impl.Utf8Validator
-ProtocolCore = _impl.ProtocolCore
-encode_frame = _impl.encode_frame
-frame_header = _impl.frame_header
-broadcast = _impl.broadcast
-# The compiled path's own transport for open connections (None in pure Python:
-# the event loop's transports serve).
-SocketTransport = getattr(_impl, "SocketTransport", None)
-OPEN, CLOSING, CLOSED = _impl.OPEN, _impl.CLOSING, _impl.CLOSED
+    USING_EXTENSION = _impl.IMPLEMENTATION != "python"
+    IMPLEMENTATION = _impl.IMPLEMENTATION
+    KERNEL_ISA = getattr(_impl, "KERNEL_ISA", "python")
+    KERNEL_ISA_FORCED = getattr(_impl, "KERNEL_ISA_FORCED", False)
+    apply_mask = _impl.apply_mask
+    Utf8Validator = _impl.Utf8Validator
+    ProtocolCore = _impl.ProtocolCore
+    encode_frame = _impl.encode_frame
+    frame_header = _impl.frame_header
+    broadcast = _impl.broadcast
+    # The compiled path's own transport for open connections (None in pure Python:
+    # the event loop's transports serve).
+    SocketTransport = getattr(_impl, "SocketTransport", None)
+    OPEN, CLOSING, CLOSED = _impl.OPEN, _impl.CLOSING, _impl.CLOSED

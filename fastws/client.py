@@ -9,7 +9,7 @@ import ssl as ssl_module
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ._version import __version__
 from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener, take_over_transport
@@ -60,8 +60,8 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
-        transport.write(self.handshake.request)
+        self.transport = cast(asyncio.Transport, transport)  # a stream's (uvloop's are not asyncio.Transport subclasses)
+        self.transport.write(self.handshake.request)
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
@@ -72,7 +72,8 @@ class _HandshakeProtocol(asyncio.Protocol):
             self.done.set_exception(exc)
             return
         if result is not None:
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            assert self.transport is not None  # connection_made() set it
+            self.transport.pause_reading()
             self.done.set_result(result)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -137,16 +138,15 @@ async def create_connection(
         kwargs["server_hostname"] = server_hostname or target.host
     if sock is not None:
         kwargs["sock"] = sock
-        host, port = None, None
     else:
-        host, port = target.host, target.port
+        kwargs["host"], kwargs["port"] = target.host, target.port
 
     async def open_connection() -> tuple[asyncio.Transport, tuple[Any, bytes], Any]:
-        transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(handshake, done), host, port, **kwargs)
+        transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(handshake, done), **kwargs)
         try:
             response, rest = await done
             agreed = deflate.accept(response.headers.get_all("Sec-WebSocket-Extensions")) if deflate else None
-            return transport, (response, rest), agreed  # type: ignore[return-value]
+            return transport, (response, rest), agreed
         except BaseException:
             transport.abort()
             raise

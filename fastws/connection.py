@@ -16,11 +16,14 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _accel
 from .exceptions import InvalidState, ProtocolError
 from .handshake import Request, Response
+
+if TYPE_CHECKING:
+    from .pubsub import PubSub
 
 __all__ = ["Listener", "Connection", "broadcast", "OPEN", "CLOSING", "CLOSED"]
 
@@ -178,7 +181,7 @@ class Connection(_accel.ProtocolCore):
         if self.failure is not None:
             self.logger.info("%s: closed the connection: %s", _addr(self.remote_address), self.failure)
         try:
-            self.listener.on_close(self, self.close_code, self.close_reason)
+            self.listener.on_close(self, self.close_code or 1006, self.close_reason)  # connection_closed() set it
         finally:
             if not self.closed.done():
                 self.closed.set_result(None)
@@ -237,10 +240,11 @@ class Connection(_accel.ProtocolCore):
         """The topics this connection is subscribed to."""
         return frozenset(self._topics or ())
 
-    def _pubsub(self) -> Any:
+    def _pubsub(self) -> PubSub:
         if self.server is None:
             raise InvalidState("topics are a server feature: a client connection cannot subscribe")
-        return self.server.pubsub
+        pubsub: PubSub = self.server.pubsub
+        return pubsub
 
     # -- core hooks ---------------------------------------------------------
 

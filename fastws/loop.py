@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 try:
-    import uvloop
+    import uvloop as uvloop  # re-exported: fastws.cli tells whether it is installed
 except ImportError:  # plain asyncio works too, only slower
-    uvloop = None  # type: ignore[assignment]
+    uvloop = None  # type: ignore[assignment]  # the module's name, None when it is missing
 
 
 def new_event_loop(use_uvloop: bool | None = None) -> asyncio.AbstractEventLoop:

@@ -9,7 +9,7 @@ import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ._version import __version__
 from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr, take_over_transport
@@ -52,7 +52,7 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.peer: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream's (uvloop's are not asyncio.Transport subclasses)
         self.peer = transport.get_extra_info("peername")
         self.server._handshakes.add(self)
         timeout = self.server.open_timeout
@@ -198,7 +198,7 @@ class Server:
         self.process_request = process_request
         self.open_timeout = open_timeout
         self.pubsub = pubsub if pubsub is not None else PubSub()  # topics: conn.subscribe(), server.publish()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._handshakes: set[_HandshakeProtocol] = set()
         self._tasks: set[asyncio.Task[Any]] = set()

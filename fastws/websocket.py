@@ -80,9 +80,9 @@ class WebSocket(Listener):
         for fut in (self._waiter, self._drain_waiter):
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        for _, fut in self._pong_waiters.values():
-            if not fut.done():
-                fut.set_exception(connection_closed(code, reason))
+        for _, pong_waiter in self._pong_waiters.values():
+            if not pong_waiter.done():
+                pong_waiter.set_exception(connection_closed(code, reason))
         self._pong_waiters.clear()
 
     def on_protocol_error(self, conn: Connection, exc: ProtocolError) -> None:

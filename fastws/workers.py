@@ -165,6 +165,7 @@ class Supervisor:
 
     def _start_all(self) -> list[Any] | None:
         """Start the workers and wait until each reports; None if a signal came first."""
+        assert self._wake_reader is not None  # run() made it
         waiting = {id(w.reports): w for w in (self._spawn() for _ in range(self.count))}
         infos: list[Any] = []
         deadline = time.monotonic() + self.start_timeout
@@ -175,7 +176,7 @@ class Supervisor:
             if remaining <= 0:
                 raise WorkerStartError(f"the workers did not start within {self.start_timeout:g} s")
             pipes = [w.reports for w in waiting.values() if w.reports is not None]
-            for ready in multiprocessing.connection.wait([*pipes, self._wake_reader], remaining):  # type: ignore[list-item]
+            for ready in multiprocessing.connection.wait([*pipes, self._wake_reader], remaining):
                 if ready is self._wake_reader:
                     self._drain_wakeups()
                     continue
@@ -194,17 +195,19 @@ class Supervisor:
         """The worker's next report, or ("gone", None) at EOF."""
         assert worker.reports is not None
         try:
-            return worker.reports.recv()  # type: ignore[no-any-return]
+            report: tuple[str, Any] = worker.reports.recv()  # what _worker_main's target sent
+            return report
         except (EOFError, OSError):
             worker.reports.close()
             worker.reports = None
             return "gone", None
 
     def _supervise(self) -> None:
+        assert self._wake_reader is not None  # run() made it
         while not self._stopping:
             timeout = max(0.0, min(self._restarts) - time.monotonic()) if self._restarts else None
             pipes = [w.reports for w in self._workers.values() if w.reports is not None]
-            ready = multiprocessing.connection.wait([*self._workers, *pipes, self._wake_reader], timeout)  # type: ignore[list-item]
+            ready = multiprocessing.connection.wait([*self._workers, *pipes, self._wake_reader], timeout)
             # Reports first: a dead worker's pipe may still hold its last words.
             for item in ready:
                 if item is self._wake_reader:

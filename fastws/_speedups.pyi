@@ -17,6 +17,9 @@ _BytesLike = bytes | bytearray | memoryview
 
 IMPLEMENTATION: str
 KERNEL_ISA: str
+KERNEL_ISA_FORCED: bool
+KERNEL_ISAS: tuple[str, ...]
+KERNEL_ISAS_AVAILABLE: tuple[str, ...]
 
 OPEN: Final = 1
 CLOSING: Final = 2

@@ -133,18 +133,25 @@ class Connection(_accel.ProtocolCore):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._unsent_at_ping = 0  # the write buffer's size after the last keepalive ping
         if ping_interval is not None:
             self._keepalive_handle = asyncio.get_running_loop().call_later(ping_interval, self._keepalive_ping)
 
     # -- keepalive (timers, nothing per message: the cores only set received_data) --
 
     def _keepalive_ping(self) -> None:
-        """Every ping_interval: ping, and expect some data from the peer within ping_timeout."""
+        """Every ping_interval: ping, and expect a sign of life from the peer within ping_timeout.
+
+        A sign of life is data from the peer, or, while we hold reading back
+        because the peer is slow to take our output, the peer taking some of it:
+        its silence is then our doing.
+        """
         if self.state != OPEN:
             return
         loop = asyncio.get_running_loop()
         self.received_data = False
         self.ping(b"")
+        self._unsent_at_ping = self.transport.get_write_buffer_size()
         if self.ping_timeout is None:
             self._keepalive_handle = loop.call_later(self.ping_interval, self._keepalive_ping)  # type: ignore[arg-type]
         else:
@@ -153,8 +160,9 @@ class Connection(_accel.ProtocolCore):
     def _keepalive_check(self) -> None:
         if self.state != OPEN:
             return
-        if not self.received_data:
-            # Nothing at all (not even the pong) since the ping: the peer or the path is gone.
+        if not self.received_data and self.transport.get_write_buffer_size() >= self._unsent_at_ping:
+            # Nothing at all (not even the pong) since the ping, and none of our
+            # output taken either: the peer or the path is gone.
             self._keepalive_handle = None
             self.fail(ProtocolError("keepalive ping timeout", 1011))
             return

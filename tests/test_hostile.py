@@ -14,7 +14,9 @@ so that the server's own write buffer is what fills.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import select
 import selectors
 import socket
 import struct
@@ -318,5 +320,75 @@ def test_peers_that_reset_with_data_in_flight_leave_nothing_open(run: Any) -> No
             await asyncio.to_thread(reset_all, socks)
             await until(lambda: not server.connections)
             await until(lambda: open_fds() <= baseline)
+
+    run(main(), timeout=120)
+
+
+def flood_listener_echo(messages: list[bytes], **server_options: Any) -> Any:
+    """Start `fastws serve`'s echo app and a peer that floods it without reading until it stops reading."""
+
+    async def start() -> tuple[Any, Peer, Any, int, bytes]:
+        listening = listening_socket()
+        server = await fastws.create_server(EchoListener, sock=listening, write_limit=WRITE_LIMIT, **server_options)
+        peer = Peer(small_buffers(socket.socket()), masked=True)
+        peer.sock.connect(listening.getsockname())
+        await asyncio.to_thread(peer.client_handshake)
+        await until(lambda: bool(server.connections))
+        conn = next(iter(server.connections))
+        data = b"".join(frame(2, m, masked=True) for m in messages)
+        sent = await asyncio.to_thread(peer.send_without_reading, data, lambda: not conn.transport.is_reading())
+        assert sent < len(data) and conn.writing_paused
+        return server, peer, conn, sent, data
+
+    return start()
+
+
+def test_keepalive_takes_a_slow_reader_draining_our_output_as_alive(run: Any) -> None:
+    """While the echo app holds reading back, the peer's silence is the server's doing:
+    keepalive must not close a peer that keeps taking output, however slowly."""
+    messages = [i.to_bytes(4, "big") * 4096 for i in range(200)]
+
+    async def main() -> None:
+        server, peer, conn, sent, data = await flood_listener_echo(messages, ping_interval=1.5, ping_timeout=1.5)
+        async with server:
+
+            def read_slowly(seconds: float) -> int:
+                """About 32 KiB/s in, and more messages out whenever the server takes them: the
+                server's buffer takes several ping timeouts to fall to its low-water mark each
+                time (its reading stays held), but some of it goes out in every one."""
+                rest = memoryview(data)[sent:]
+                more = 0
+                peer.sock.setblocking(False)
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    if select.select([peer.sock], [], [], DEADLINE)[0]:
+                        peer.received += peer.sock.recv(2048)
+                    with contextlib.suppress(BlockingIOError):
+                        more += peer.sock.send(rest[more : more + 65536])
+                    time.sleep(0.0625)  # the peer's own pace, not synchronisation
+                return more
+
+            sent += await asyncio.to_thread(read_slowly, 6.0)
+            assert conn.state == fastws.connection.OPEN, (conn.close_code, conn.close_reason)
+            frames = await asyncio.to_thread(
+                peer.exchange, data[sent:], lambda fs: sum(f.opcode == 2 for f in fs) >= len(messages)
+            )
+            assert [f.payload for f in frames if f.opcode == 2] == messages
+            peer.sock.close()
+
+    run(main(), timeout=120)
+
+
+def test_keepalive_still_closes_a_peer_that_takes_nothing(run: Any) -> None:
+    """The same flood, then nothing: no data and none of the output taken: 1011, and the connection goes."""
+    messages = [bytes(65536)] * 100
+
+    async def main() -> None:
+        server, peer, conn, _, _ = await flood_listener_echo(messages, ping_interval=0.2, ping_timeout=0.2, close_timeout=0.5)
+        async with server:
+            await until(lambda: not server.connections)
+            assert conn.state == fastws.connection.CLOSED
+            assert conn.close_code == 1011 and "keepalive" in conn.close_reason
+            peer.sock.close()
 
     run(main(), timeout=120)

@@ -26,6 +26,7 @@ from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, USING_EXTENSI
 from ._version import __version__
 from .client import connect
 from .connection import Listener
+from .defaults import MAX_SIZE, PING_INTERVAL, PING_TIMEOUT
 from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .http import PageAndHealth
 from .loop import event_loop_name, run, uvloop
@@ -353,6 +354,17 @@ def non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def size_text(size: int) -> str:
+    """A byte count for help texts: 1 MiB, 64 KiB, 1000 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
+MAX_SIZE_HELP = f"largest message in bytes, 0 for no limit (default {size_text(MAX_SIZE)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastws", description="A fast WebSocket server and client.")
     parser.add_argument("--version", action="store_true", help="print the version, the hot path in use and the event loop")
@@ -374,15 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--ssl-certfile", help="certificate chain (PEM): serve wss://")
     serve_parser.add_argument("--ssl-keyfile", help="private key (PEM), if not in the certificate file")
-    serve_parser.add_argument("--compression", choices=["off", "deflate"], help="permessage-deflate (default: the library's)")
+    serve_parser.add_argument("--compression", choices=["off", "deflate"], help="permessage-deflate (default off)")
+    serve_parser.add_argument("--max-size", type=non_negative(int), default=MAX_SIZE, help=MAX_SIZE_HELP)
     serve_parser.add_argument(
-        "--max-size", type=non_negative(int), default=2**20, help="largest message in bytes, 0 for no limit (default 1 MiB)"
+        "--ping-interval", type=non_negative(float), help=f"seconds between keepalive pings, 0 for none (default {PING_INTERVAL:g})"
     )
     serve_parser.add_argument(
-        "--ping-interval", type=non_negative(float), help="seconds between keepalive pings, 0 for none (default: the library's)"
-    )
-    serve_parser.add_argument(
-        "--ping-timeout", type=non_negative(float), help="seconds to wait for a pong before closing, 0 for no limit (default: the library's)"
+        "--ping-timeout", type=non_negative(float), help=f"seconds to wait for a pong before closing, 0 for no limit (default {PING_TIMEOUT:g})"
     )
     serve_parser.add_argument(
         "--broker",
@@ -394,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     connect_parser = sub.add_parser("connect", help="an interactive client: lines typed are sent, messages received are printed")
     connect_parser.add_argument("url", help="ws:// or wss:// URL")
-    connect_parser.add_argument("--max-size", type=non_negative(int), default=2**20, help="largest message in bytes, 0 for no limit (default 1 MiB)")
+    connect_parser.add_argument("--max-size", type=non_negative(int), default=MAX_SIZE, help=MAX_SIZE_HELP)
     connect_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
     return parser
 

@@ -11,8 +11,21 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ._version import __version__
-from .connection import MAX_FRAGMENTS, WRITE_LIMIT, Connection, Listener, take_over_transport
+from .connection import Connection, Listener, take_over_transport
+from .defaults import (
+    BACKOFF_FACTOR,
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    CLOSE_TIMEOUT,
+    MAX_FRAGMENTS,
+    MAX_QUEUE,
+    MAX_SIZE,
+    OPEN_TIMEOUT,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    USER_AGENT,
+    WRITE_LIMIT,
+)
 from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout
 from .extensions.permessage_deflate import CompressionOption, client_extension
 from .handshake import ClientHandshake, Request
@@ -94,13 +107,13 @@ async def create_connection(
     subprotocols: Sequence[str] = (),
     origin: str | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
-    user_agent: str | None = f"fastws/{__version__}",
-    max_size: int | None = 2**20,
+    user_agent: str | None = USER_AGENT,
+    max_size: int | None = MAX_SIZE,
     max_fragments: int | None = MAX_FRAGMENTS,
-    open_timeout: float | None = 10.0,
-    close_timeout: float | None = 10.0,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float | None = 20.0,
+    open_timeout: float | None = OPEN_TIMEOUT,
+    close_timeout: float | None = CLOSE_TIMEOUT,
+    ping_interval: float | None = PING_INTERVAL,
+    ping_timeout: float | None = PING_TIMEOUT,
     write_limit: int | tuple[int, int | None] = WRITE_LIMIT,
     compression: CompressionOption = None,
     sock: Any = None,
@@ -203,10 +216,10 @@ class connect:
         self,
         uri: str,
         *,
-        max_queue: int | None = 16,
-        backoff_initial: float = 1.0,
-        backoff_max: float = 30.0,
-        backoff_factor: float = 2.0,
+        max_queue: int | None = MAX_QUEUE,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_max: float = BACKOFF_MAX,
+        backoff_factor: float = BACKOFF_FACTOR,
         **kwargs: Any,
     ) -> None:
         if not 0 < backoff_initial <= backoff_max or backoff_factor < 1:

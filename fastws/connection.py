@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _accel
+from .defaults import CLOSE_TIMEOUT, MAX_SIZE
 from .exceptions import InvalidState, ProtocolError
 from .handshake import Request, Response
 
@@ -32,11 +33,6 @@ OPEN, CLOSING, CLOSED = _accel.OPEN, _accel.CLOSING, _accel.CLOSED
 # Why a connection does not read (Connection._reading_held).
 _HELD_BY_APPLICATION = 1  # pause_reading(), e.g. the WebSocket API's full receive queue
 _HELD_BY_WRITES = 2  # the write buffer is over its high-water mark
-
-# Defaults of servers and clients: fragments per message (Autobahn 9.3/9.4 send
-# 65536), and the write buffer's high-water mark (the low one is a quarter).
-MAX_FRAGMENTS = 2**17
-WRITE_LIMIT = 2**16
 
 
 class Listener:
@@ -101,9 +97,9 @@ class Connection(_accel.ProtocolCore):
         response: Response | None = None,
         subprotocol: str | None = None,
         extension: Any = None,
-        max_size: int | None = 2**20,
+        max_size: int | None = MAX_SIZE,
         max_fragments: int | None = None,
-        close_timeout: float | None = 10.0,
+        close_timeout: float | None = CLOSE_TIMEOUT,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         write_limit: int | tuple[int, int | None] | None = None,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from .defaults import MAX_HEAD, MAX_HEADERS, MAX_LINE  # limits on a head (tests import them from here)
 from .exceptions import InvalidOrigin, InvalidRequest, InvalidResponse
 
 __all__ = [
@@ -30,11 +31,6 @@ __all__ = [
 ]
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-# Limits on what a peer may send before the handshake is done.
-MAX_LINE = 8192
-MAX_HEADERS = 128
-MAX_HEAD = 65536
 
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 

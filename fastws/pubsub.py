@@ -27,6 +27,7 @@ from collections.abc import KeysView
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import _accel
+from .defaults import SLOW_SUBSCRIBER, SUBSCRIBER_BUFFER
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -80,8 +81,8 @@ class PubSub:
         self,
         broker: Broker | None = None,
         *,
-        subscriber_buffer: int = 2**20,
-        slow_subscriber: SlowSubscriberPolicy = "drop",
+        subscriber_buffer: int = SUBSCRIBER_BUFFER,
+        slow_subscriber: SlowSubscriberPolicy = SLOW_SUBSCRIBER,
     ) -> None:
         if slow_subscriber not in ("drop", "close"):
             raise ValueError(f"slow_subscriber must be 'drop' or 'close', not {slow_subscriber!r}")

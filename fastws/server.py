@@ -11,8 +11,20 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ._version import __version__
-from .connection import MAX_FRAGMENTS, OPEN, WRITE_LIMIT, Connection, Listener, _addr, take_over_transport
+from .connection import OPEN, Connection, Listener, _addr, take_over_transport
+from .defaults import (
+    CLOSE_TIMEOUT,
+    MAX_FRAGMENTS,
+    MAX_QUEUE,
+    MAX_SIZE,
+    OPEN_TIMEOUT,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    SERVER_HEADER,
+    SLOW_SUBSCRIBER,
+    SUBSCRIBER_BUFFER,
+    WRITE_LIMIT,
+)
 from .exceptions import ConnectionClosed, InvalidRequest
 from .extensions.permessage_deflate import CompressionOption, server_extension_factory
 from .handshake import HeadReader, OriginsType, Request, Response, SelectSubprotocol, ServerHandshake, http_response
@@ -30,11 +42,11 @@ ProcessRequest = Callable[[Request], "Response | None | Awaitable[Response | Non
 class ConnectionOptions:
     """Per-connection settings shared by every connection of a server or client."""
 
-    max_size: int | None = 2**20
+    max_size: int | None = MAX_SIZE
     max_fragments: int | None = MAX_FRAGMENTS
-    close_timeout: float | None = 10.0
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
+    close_timeout: float | None = CLOSE_TIMEOUT
+    ping_interval: float | None = PING_INTERVAL
+    ping_timeout: float | None = PING_TIMEOUT
     write_limit: int | tuple[int, int | None] = WRITE_LIMIT
 
 
@@ -189,7 +201,7 @@ class Server:
         options: ConnectionOptions,
         handshake: ServerHandshake,
         process_request: ProcessRequest | None = None,
-        open_timeout: float | None = 10.0,
+        open_timeout: float | None = OPEN_TIMEOUT,
         pubsub: PubSub | None = None,
     ) -> None:
         self.listener_factory = listener_factory
@@ -293,23 +305,23 @@ class Server:
 def _build_server(
     listener_factory: Callable[[], Listener],
     *,
-    max_size: int | None = 2**20,
+    max_size: int | None = MAX_SIZE,
     max_fragments: int | None = MAX_FRAGMENTS,
-    close_timeout: float | None = 10.0,
-    open_timeout: float | None = 10.0,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float | None = 20.0,
+    close_timeout: float | None = CLOSE_TIMEOUT,
+    open_timeout: float | None = OPEN_TIMEOUT,
+    ping_interval: float | None = PING_INTERVAL,
+    ping_timeout: float | None = PING_TIMEOUT,
     write_limit: int | tuple[int, int | None] = WRITE_LIMIT,
     compression: CompressionOption = None,
     subprotocols: Sequence[str] = (),
     select_subprotocol: SelectSubprotocol | None = None,
     origins: OriginsType = None,
     extra_headers: Sequence[tuple[str, str]] = (),
-    server_header: str | None = f"fastws/{__version__}",
+    server_header: str | None = SERVER_HEADER,
     process_request: ProcessRequest | None = None,
     broker: str | Broker | None = None,
-    subscriber_buffer: int = 2**20,
-    slow_subscriber: SlowSubscriberPolicy = "drop",
+    subscriber_buffer: int = SUBSCRIBER_BUFFER,
+    slow_subscriber: SlowSubscriberPolicy = SLOW_SUBSCRIBER,
 ) -> Server:
     pubsub = PubSub(make_broker(broker), subscriber_buffer=subscriber_buffer, slow_subscriber=slow_subscriber)
     handshake = ServerHandshake(
@@ -417,7 +429,7 @@ class serve:
         host: str | Sequence[str] | None = None,
         port: int | None = None,
         *,
-        max_queue: int | None = 16,
+        max_queue: int | None = MAX_QUEUE,
         **kwargs: Any,
     ) -> None:
         self._handler = handler

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .connection import CLOSED, OPEN, Connection, Listener
+from .defaults import MAX_QUEUE
 from .exceptions import ConnectionClosedOK, InvalidState, ProtocolError, connection_closed
 from .handshake import Request, Response
 
@@ -36,7 +37,7 @@ class WebSocket(Listener):
     # full-duplex streams between two fastws peers cannot stall each other).
     pause_reading_while_writing_paused = False
 
-    def __init__(self, *, max_queue: int | None = 16) -> None:
+    def __init__(self, *, max_queue: int | None = MAX_QUEUE) -> None:
         self.max_queue = max_queue
         self.conn: Connection | None = None
         self._messages: collections.deque[Message] = collections.deque()

@@ -6,20 +6,42 @@ an independent encoder, and the bytes fastws writes are parsed independently.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from _wsutil import Frame, build_frame, close_payload, expected_accept, parse_frames, upgrade_request
-from fastws import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, FastWSError, PayloadTooBig, ProtocolError
+import fastws
+from _wsutil import Frame, build_frame, close_payload, expected_accept, parse_frames, parse_http_head, upgrade_request
+from fastws import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    FastWSError,
+    Headers,
+    InvalidResponse,
+    PayloadTooBig,
+    ProtocolError,
+    Request,
+    Response,
+    defaults,
+)
+from fastws.extensions import Deflate
 from fastws.protocol import (
+    ACCEPTED,
     CLOSED,
     CLOSING,
     CONNECTING,
+    DECIDING,
     OPEN,
+    READING,
+    REFUSED,
+    ClientOpening,
     ClientProtocol,
     CloseReceived,
     Connected,
@@ -28,7 +50,10 @@ from fastws.protocol import (
     Message,
     Ping,
     Pong,
+    RequestAnswered,
+    ServerOpening,
     ServerProtocol,
+    server_handshake,
 )
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 1, 2, 8, 9, 10, 0
@@ -872,3 +897,341 @@ def test_client_handshake_with_frames_in_the_same_chunk_and_failure() -> None:
     (event,) = bad.events_received()
     assert isinstance(event, HandshakeFailed) and event.error.status == 403  # type: ignore[attr-defined]
     assert bad.close_expected()
+
+
+# -- the opening handshake driver (ServerOpening / ClientOpening), as asyncio runs it -------------
+
+
+def plain_get(path: str = "/", method: str = "GET", extra: str = "") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: h\r\n{extra}\r\n".encode()
+
+
+def exchange(client: ClientProtocol, server: ServerProtocol) -> tuple[list[object], list[object]]:
+    """Carry bytes both ways until neither side has more; the events of each side."""
+    client_events: list[object] = []
+    server_events: list[object] = []
+    while True:
+        to_server = b"".join(client.data_to_send())
+        to_client = b"".join(server.data_to_send())
+        if not to_server and not to_client:
+            return client_events, server_events
+        if to_server:
+            server.receive_data(to_server)
+        if to_client:
+            client.receive_data(to_client)
+        client_events += client.events_received()
+        server_events += server.events_received()
+
+
+def wire_frames(data: bytes) -> list[Frame]:
+    frames, rest = parse_frames(data)
+    assert rest == b""
+    return frames
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_deflate_negotiated_end_to_end_between_sans_io_peers(text: bool) -> None:
+    client = ClientProtocol("127.0.0.1", 8000, "/chat", compression="deflate")
+    server = ServerProtocol(compression="deflate")
+    request = b"".join(client.data_to_send())
+    assert b"\r\nSec-WebSocket-Extensions: permessage-deflate" in request
+    server.receive_data(request)
+    answer = b"".join(server.data_to_send())
+    head, _ = parse_http_head(answer)
+    assert head.status == 101
+    assert head.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+    client.receive_data(answer)
+    (client_event,) = client.events_received()
+    (server_event,) = server.events_received()
+    assert isinstance(client_event, Connected) and isinstance(server_event, Connected)
+    assert client_event.request.path == "/chat" == server_event.request.path
+    assert client.core is not None and client.core.extension is not None
+    assert server.core is not None and server.core.extension is not None
+
+    message = "hello " * 200 if text else b"\x00\x01" * 600
+    client.send(message)
+    out = b"".join(client.data_to_send())
+    (frame,) = wire_frames(out)
+    assert frame.rsv == 4 and frame.masked, "RSV1: a compressed message"
+    assert len(out) < 200, "and it is compressed"
+    server.receive_data(out)
+    expected = message.encode() if isinstance(message, str) else message
+    assert server.events_received() == [Message(expected, text)]
+
+    server.send(message)
+    out = b"".join(server.data_to_send())
+    (frame,) = wire_frames(out)
+    assert frame.rsv == 4 and not frame.masked
+    client.receive_data(out)
+    assert client.events_received() == [Message(expected, text)]
+
+    client.close(1000, "bye")
+    client_events, server_events = exchange(client, server)
+    assert server_events == [CloseReceived(1000, "bye")]
+    assert [type(e) for e in client_events] == [CloseReceived] and client_events[0].code == 1000  # type: ignore[attr-defined]
+    assert server.close_expected()
+
+
+def test_deflate_settings_are_negotiated_like_serve_and_connect() -> None:
+    settings = Deflate(window_bits=10, peer_window_bits=11, no_context_takeover=True, peer_no_context_takeover=True)
+    client = ClientProtocol("h", 80, compression=settings)
+    server = ServerProtocol(compression=Deflate(window_bits=15, peer_window_bits=15))
+    client_events, server_events = exchange(client, server)
+    assert isinstance(client_events[0], Connected) and isinstance(server_events[0], Connected)
+    assert client_events[0].response is not None
+    agreed = client_events[0].response.headers["Sec-WebSocket-Extensions"]
+    assert "server_max_window_bits=11" in agreed and "server_no_context_takeover" in agreed
+    assert server.core is not None and client.core is not None
+    assert server.core.extension.compress_bits == 11 == client.core.extension.decompress_bits
+    assert server.core.extension.reset_compressor and client.core.extension.reset_decompressor
+    assert client.core.extension.compress_bits == 10 and client.core.extension.reset_compressor
+    for _ in range(3):  # without context takeover every message starts afresh
+        client.send("again and again " * 20)
+        _, server_events = exchange(client, server)
+        assert server_events == [Message(b"again and again " * 20, True)]
+
+
+@pytest.mark.parametrize("client_compression, server_compression", [("deflate", None), (None, "deflate"), (None, None)])
+def test_no_deflate_unless_both_sides_want_it(client_compression: str | None, server_compression: str | None) -> None:
+    client = ClientProtocol("h", 80, compression=client_compression)
+    server = ServerProtocol(compression=server_compression)
+    client_events, _ = exchange(client, server)
+    assert isinstance(client_events[0], Connected) and client_events[0].response is not None
+    assert "Sec-WebSocket-Extensions" not in client_events[0].response.headers
+    assert client.core is not None and client.core.extension is None
+    assert server.core is not None and server.core.extension is None
+    client.send("plain")
+    (frame,) = wire_frames(b"".join(client.data_to_send()))
+    assert frame.rsv == 0
+
+
+def test_client_refuses_a_deflate_answer_it_cannot_honour() -> None:
+    client = ClientProtocol("h", 80, compression="deflate")
+    request = b"".join(client.data_to_send())
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", request).group(1).decode()  # type: ignore[union-attr]
+    client.receive_data(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {expected_accept(key)}\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=8\r\n\r\n".encode()
+    )
+    (event,) = client.events_received()
+    assert isinstance(event, HandshakeFailed) and isinstance(event.error, InvalidResponse)
+    assert "Sec-WebSocket-Extensions" in str(event.error)
+    assert client.close_expected() and client.state == CONNECTING
+
+
+def test_server_declines_a_malformed_offer_and_opens_without_compression() -> None:
+    server = ServerProtocol(compression="deflate")
+    server.receive_data(upgrade_request(extra=[("Sec-WebSocket-Extensions", "permessage-deflate; bogus=1")]))
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.status == 101 and "sec-websocket-extensions" not in head.headers
+    assert server.core is not None and server.core.extension is None
+
+
+def health(request: Request) -> Response | None:
+    if request.path == "/healthz":
+        return Response(200, Headers([("Content-Type", "text/plain"), ("X-Check", "yes")]), b"ok\n")
+    return None
+
+
+def test_process_request_answers_plain_http_and_closes() -> None:
+    server = ServerProtocol(process_request=health)
+    server.receive_data(plain_get("/healthz"))
+    out = b"".join(server.data_to_send())
+    head, body = parse_http_head(out)
+    assert (head.status, body) == (200, b"ok\n")
+    assert head.headers["x-check"] == "yes" and head.headers["content-length"] == "3"
+    assert head.headers["connection"] == "close"
+    (event,) = server.events_received()
+    assert isinstance(event, RequestAnswered)
+    assert event.request.path == "/healthz" and event.response.status == 200
+    assert server.close_expected() and server.state == CONNECTING
+    server.receive_data(b"anything more")
+    assert server.events_received() == [] and server.data_to_send() == []
+
+
+def test_process_request_none_goes_on_with_the_upgrade_and_frames_after_the_head() -> None:
+    seen: list[str] = []
+
+    def decide(request: Request) -> Response | None:
+        seen.append(request.path)
+        return health(request)
+
+    server = ServerProtocol(process_request=decide)
+    server.receive_data(upgrade_request("/room") + build_frame(TEXT, b"early"))
+    assert seen == ["/room"]
+    assert b"".join(server.data_to_send()).startswith(b"HTTP/1.1 101 ")
+    events = server.events_received()
+    assert isinstance(events[0], Connected) and events[1:] == [Message(b"early", True)]
+
+
+def test_process_request_none_on_a_plain_get_is_426() -> None:
+    server = ServerProtocol(process_request=health)
+    server.receive_data(plain_get("/other"))
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.status == 426 and head.headers["upgrade"] == "websocket"
+    (event,) = server.events_received()
+    assert isinstance(event, HandshakeFailed) and event.error.status == 426  # type: ignore[attr-defined]
+
+
+def test_process_request_that_raises_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(request: Request) -> Response | None:
+        raise RuntimeError("boom")
+
+    server = ServerProtocol(process_request=broken)
+    with caplog.at_level(logging.ERROR, logger="fastws"):
+        server.receive_data(plain_get("/"))
+    head, body = parse_http_head(b"".join(server.data_to_send()))
+    assert head.status == 500 and body == b"Internal Server Error\n"
+    (event,) = server.events_received()
+    assert isinstance(event, RequestAnswered) and event.response.status == 500
+    (record,) = [r for r in caplog.records if r.name == "fastws.server"]
+    assert record.getMessage() == "process_request failed" and record.exc_info is not None
+    assert server.close_expected()
+
+
+def test_process_request_must_be_synchronous_in_sans_io(caplog: pytest.LogCaptureFixture) -> None:
+    async def coroutine_function(request: Request) -> Response | None:
+        return None
+
+    with pytest.raises(TypeError):
+        ServerProtocol(process_request=coroutine_function)
+
+    def returns_an_awaitable(request: Request) -> Any:
+        return coroutine_function(request)
+
+    server = ServerProtocol(process_request=returns_an_awaitable)
+    with caplog.at_level(logging.ERROR, logger="fastws"):
+        server.receive_data(upgrade_request())
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.status == 500
+    assert any("synchronous" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "HEAD"])
+def test_other_methods_are_405_with_allow_get_and_head_gets_no_body(method: str) -> None:
+    calls: list[Request] = []
+    server = ServerProtocol(process_request=lambda request: calls.append(request))  # type: ignore[func-returns-value]
+    server.receive_data(plain_get("/healthz", method))
+    out = b"".join(server.data_to_send())
+    head, body = parse_http_head(out)
+    assert head.status == 405 and head.headers["allow"] == "GET"
+    if method == "HEAD":  # the headers a GET would get, no body
+        assert int(head.headers["content-length"]) > 0 and body == b""
+    else:
+        assert b"not allowed" in body
+    (event,) = server.events_received()
+    assert isinstance(event, HandshakeFailed) and event.error.status == 405  # type: ignore[attr-defined]
+    assert calls == [], "process_request never sees another method"
+    assert server.close_expected()
+
+
+def test_upgrade_with_another_method_is_400() -> None:
+    server = ServerProtocol()
+    server.receive_data(upgrade_request(method="POST"))
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.status == 400
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (plain_get("/healthz\x00"), 400),
+        (plain_get("/").replace(b"\r\n", b"\n"), 400),
+        (b"GET /" + b"a" * 9000, 414),
+    ],
+    ids=["nul-in-target", "bare-lf", "long-target"],
+)
+def test_strict_head_parsing_refuses_before_process_request(data: bytes, status: int) -> None:
+    calls: list[Request] = []
+    server = ServerProtocol(process_request=lambda request: calls.append(request))  # type: ignore[func-returns-value]
+    server.receive_data(data)
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.status == status
+    assert calls == []
+    assert server.close_expected()
+
+
+def test_head_arriving_byte_by_byte() -> None:
+    server = ServerProtocol()
+    request = upgrade_request()
+    for i in range(len(request)):
+        assert server.state == CONNECTING
+        server.receive_data(request[i : i + 1])
+    assert server.state == OPEN
+    assert isinstance(server.events_received()[0], Connected)
+
+
+def test_select_subprotocol_and_server_header_like_serve() -> None:
+    server = ServerProtocol(select_subprotocol=lambda request, offered: offered[-1], server_header="test/9")
+    server.receive_data(upgrade_request(extra=[("Sec-WebSocket-Protocol", "a, b")]))
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.headers["sec-websocket-protocol"] == "b"
+    assert head.headers["server"] == "test/9"
+    (event,) = server.events_received()
+    assert isinstance(event, Connected) and event.subprotocol == "b"
+
+
+def test_defaults_are_those_of_serve_and_connect() -> None:
+    server = ServerProtocol()
+    server.receive_data(upgrade_request())
+    head, _ = parse_http_head(b"".join(server.data_to_send()))
+    assert head.headers["server"] == f"fastws/{fastws.__version__}"
+    assert server.core is not None
+    assert (server.core.max_size, server.core.max_fragments) == (defaults.MAX_SIZE, defaults.MAX_FRAGMENTS)
+    client = ClientProtocol("example.com", 443, "/p", secure=True, origin="https://o.example")
+    request = b"".join(client.data_to_send())
+    assert b"\r\nHost: example.com\r\n" in request
+    assert b"\r\nOrigin: https://o.example\r\n" in request
+    assert f"\r\nUser-Agent: fastws/{fastws.__version__}\r\n".encode() in request
+
+
+def test_server_opening_waits_for_an_asynchronous_process_request() -> None:
+    """What the asyncio server does with a coroutine process_request: DECIDING, await, decide()."""
+
+    async def decide(request: Request) -> Response | None:
+        return None
+
+    opening = ServerOpening(server_handshake(compression="deflate"), decide)
+    offer = ("Sec-WebSocket-Extensions", "permessage-deflate")
+    assert opening.receive_data(upgrade_request(extra=[offer])[:20]) == READING
+    assert opening.receive_data(upgrade_request(extra=[offer])[20:] + b"one") == DECIDING
+    assert opening.receive_data(b"two") == DECIDING
+    decision, opening.decision = opening.decision, None
+    assert decision is not None
+    assert opening.decide(asyncio.run(decision)) == ACCEPTED  # type: ignore[arg-type]
+    assert opening.answer.startswith(b"HTTP/1.1 101 ")
+    assert opening.rest == b"onetwo"
+    assert opening.extension is not None
+    assert opening.receive_data(b"late") == ACCEPTED
+
+
+def test_server_opening_answers_a_failed_asynchronous_process_request_with_500(caplog: pytest.LogCaptureFixture) -> None:
+    opening = ServerOpening(server_handshake())
+    opening.process_request = lambda request: asyncio.sleep(0)  # type: ignore[assignment, return-value]
+    assert opening.receive_data(plain_get()) == DECIDING
+    assert opening.decision is not None
+    asyncio.run(opening.decision)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="fastws"):
+        try:
+            raise RuntimeError("in the coroutine")
+        except RuntimeError:
+            assert opening.process_request_failed() == REFUSED
+    assert opening.answer.startswith(b"HTTP/1.1 500 ")
+    assert opening.error is None and opening.response is not None
+    assert any(r.exc_info for r in caplog.records)
+
+
+def test_client_opening_states() -> None:
+    opening = ClientOpening("h", 80, "/x", subprotocols=["p"])
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", opening.request_bytes).group(1).decode()  # type: ignore[union-attr]
+    answer = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {expected_accept(key)}\r\nSec-WebSocket-Protocol: p\r\n\r\n"
+    ).encode()
+    assert opening.receive_data(answer[:30]) == READING
+    assert opening.receive_data(answer[30:] + b"frames") == ACCEPTED
+    assert (opening.subprotocol, opening.rest, opening.request.path) == ("p", b"frames", "/x")
+    refused = ClientOpening("h", 80)
+    assert refused.receive_data(b"HTTP/1.1 503 Service Unavailable\r\n\r\n") == REFUSED
+    assert isinstance(refused.error, InvalidResponse) and refused.error.status == 503

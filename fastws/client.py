@@ -27,8 +27,8 @@ from .defaults import (
     WRITE_LIMIT,
 )
 from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout
-from .extensions.permessage_deflate import CompressionOption, client_extension
-from .handshake import ClientHandshake, Request
+from .extensions.permessage_deflate import CompressionOption, deflate_settings
+from .protocol import ACCEPTED, REFUSED, ClientOpening
 from .websocket import WebSocket
 
 __all__ = ["create_connection", "connect", "parse_uri", "WebSocketURI"]
@@ -65,29 +65,34 @@ def parse_uri(uri: str) -> WebSocketURI:
 
 
 class _HandshakeProtocol(asyncio.Protocol):
-    """Sends the upgrade request, checks the answer, then hands the transport to a Connection."""
+    """The transport's protocol until the handshake is done: runs the sans-I/O ``ClientOpening``.
 
-    def __init__(self, handshake: ClientHandshake, done: asyncio.Future[tuple[Any, bytes]]) -> None:
-        self.handshake = handshake
+    Sends its request, feeds it the answer, and resolves ``done`` when it accepted
+    (reading paused until a ``Connection`` takes over) or with its error.
+    """
+
+    __slots__ = ("opening", "done", "transport")
+
+    def __init__(self, opening: ClientOpening, done: asyncio.Future[None]) -> None:
+        self.opening = opening
         self.done = done
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # a stream's (uvloop's are not asyncio.Transport subclasses)
-        self.transport.write(self.handshake.request)
+        self.transport.write(self.opening.request_bytes)
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
-        try:
-            result = self.handshake.receive_data(data)
-        except InvalidHandshake as exc:
-            self.done.set_exception(exc)
-            return
-        if result is not None:
+        state = self.opening.receive_data(data)
+        if state == ACCEPTED:
             assert self.transport is not None  # connection_made() set it
             self.transport.pause_reading()
-            self.done.set_result(result)
+            self.done.set_result(None)
+        elif state == REFUSED:
+            assert self.opening.error is not None
+            self.done.set_exception(self.opening.error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -125,7 +130,7 @@ async def create_connection(
     is the write buffer's high-water mark (or ``(high, low)``). Raises ``OpenTimeout``
     (a ``TimeoutError``) when TCP, TLS and the handshake take over ``open_timeout`` seconds.
     """
-    deflate = client_extension(compression)
+    deflate_settings(compression)  # a bad value is a ValueError before anything else
     target = parse_uri(uri)
     if target.secure and ssl is None:
         ssl = True
@@ -133,7 +138,7 @@ async def create_connection(
         raise InvalidURI(f"{uri!r} is ws://, but an SSL context was given: use wss://")
     if ssl is True:
         ssl = ssl_module.create_default_context()
-    handshake = ClientHandshake(
+    opening = ClientOpening(
         target.host,
         target.port,
         target.path,
@@ -142,10 +147,10 @@ async def create_connection(
         origin=origin,
         extra_headers=extra_headers,
         user_agent=user_agent,
-        extension_offer=deflate.offer if deflate is not None else None,
+        compression=compression,
     )
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[tuple[Any, bytes]] = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
     kwargs: dict[str, Any] = {"ssl": ssl or None}
     if ssl:
         kwargs["server_hostname"] = server_hostname or target.host
@@ -154,34 +159,32 @@ async def create_connection(
     else:
         kwargs["host"], kwargs["port"] = target.host, target.port
 
-    async def open_connection() -> tuple[asyncio.Transport, tuple[Any, bytes], Any]:
-        transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(handshake, done), **kwargs)
+    async def open_connection() -> asyncio.Transport:
+        transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(opening, done), **kwargs)
         try:
-            response, rest = await done
-            agreed = deflate.accept(response.headers.get_all("Sec-WebSocket-Extensions")) if deflate else None
-            return transport, (response, rest), agreed
+            await done
         except BaseException:
             transport.abort()
             raise
+        return transport
 
     try:
         async with asyncio.timeout(open_timeout) as deadline:
-            transport, (response, rest), extension = await open_connection()
+            transport = await open_connection()
     except TimeoutError:
         if not deadline.expired():  # the kernel's connect timeout: an OSError, let it be
             raise
         raise OpenTimeout(f"connection to {uri} not open within open_timeout={open_timeout} s") from None
     transport = take_over_transport(transport)
     listener = listener_factory()
-    request = Request("GET", target.path, handshake.headers)
     conn = Connection(
         transport,
         listener,
         client=True,
-        request=request,
-        response=response,
-        subprotocol=response.headers.get("Sec-WebSocket-Protocol"),
-        extension=extension,
+        request=opening.request,
+        response=opening.response,
+        subprotocol=opening.subprotocol,
+        extension=opening.extension,
         max_size=max_size,
         max_fragments=max_fragments,
         close_timeout=close_timeout,
@@ -192,8 +195,8 @@ async def create_connection(
     )
     transport.set_protocol(conn)
     listener.on_connect(conn)
-    if rest:
-        conn.receive_data(rest)
+    if opening.rest:
+        conn.receive_data(opening.rest)
     conn.start_reading()
     return conn
 

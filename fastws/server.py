@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 import ssl as ssl_module
@@ -25,17 +24,16 @@ from .defaults import (
     SUBSCRIBER_BUFFER,
     WRITE_LIMIT,
 )
-from .exceptions import ConnectionClosed, InvalidRequest
-from .extensions.permessage_deflate import CompressionOption, server_extension_factory
-from .handshake import HeadReader, OriginsType, Request, Response, SelectSubprotocol, ServerHandshake, http_response
+from .exceptions import ConnectionClosed
+from .extensions.permessage_deflate import CompressionOption
+from .handshake import OriginsType, Response, SelectSubprotocol, ServerHandshake
+from .protocol import ACCEPTED, DECIDING, READING, ProcessRequest, ServerOpening, server_handshake
 from .pubsub import Broker, PubSub, SlowSubscriberPolicy, make_broker
 from .websocket import WebSocket
 
 __all__ = ["Server", "create_server", "serve", "ProcessRequest"]
 
 logger = logging.getLogger("fastws.server")
-
-ProcessRequest = Callable[[Request], "Response | None | Awaitable[Response | None]"]
 
 
 @dataclass
@@ -51,15 +49,18 @@ class ConnectionOptions:
 
 
 class _HandshakeProtocol(asyncio.Protocol):
-    """Reads the upgrade request, answers it, then hands the transport to a Connection."""
+    """The transport's protocol until the handshake is done: runs the sans-I/O ``ServerOpening``.
+
+    Feeds it the bytes, writes what it answers, keeps the open timeout, and once
+    it accepted hands the transport to a ``Connection`` with what it negotiated.
+    """
+
+    __slots__ = ("server", "opening", "transport", "timer", "peer")
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.opening = ServerOpening(server.handshake, server.process_request)
         self.transport: asyncio.Transport | None = None
-        self.reader = HeadReader(InvalidRequest)
-        self.pending = b""  # bytes after the head, while process_request runs
-        self.head_done = False
-        self.head_method = False  # a HEAD request: answers carry no body
         self.timer: asyncio.TimerHandle | None = None
         self.peer: Any = None
 
@@ -72,75 +73,54 @@ class _HandshakeProtocol(asyncio.Protocol):
             self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
-        if self.head_done:
-            self.pending += data
+        state = self.opening.receive_data(data)
+        if state == READING:
             return
+        if state == DECIDING:
+            decision = self.opening.decision
+            if decision is not None:  # process_request is a coroutine: await it once
+                self.opening.decision = None
+                self.server._track(asyncio.ensure_future(self._await_decision(decision)))
+            return
+        self._act(state)
+
+    async def _await_decision(self, decision: Awaitable[Response | None]) -> None:
         try:
-            head = self.reader.feed(data)
-            if head is None:
-                return
-            self.head_done = True
-            start_line, headers, rest = head
-            self.head_method = start_line.startswith("HEAD ")
-            request = self.server.handshake.parse(start_line, headers)
-        except InvalidRequest as exc:
-            self._reject(exc)
-            return
-        self.pending = rest
-        process_request = self.server.process_request
-        if process_request is None:
-            self._upgrade(request)
-            return
-        try:
-            result = process_request(request)
+            response = await decision
         except Exception:
-            logger.exception("process_request failed")
-            self._respond(http_response(500, "Internal Server Error\n"))
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(self._await_process_request(request, result))
-            self.server._tasks.add(task)
-            task.add_done_callback(self.server._tasks.discard)
+            state = self.opening.process_request_failed()
         else:
-            self._after_process_request(request, result)
+            state = self.opening.decide(response)
+        self._act(state)
 
-    async def _await_process_request(self, request: Request, result: Awaitable[Response | None]) -> None:
-        try:
-            response = await result
-        except Exception:
-            logger.exception("process_request failed")
-            self._respond(http_response(500, "Internal Server Error\n"))
-            return
-        self._after_process_request(request, response)
-
-    def _after_process_request(self, request: Request, response: Response | None) -> None:
+    def _act(self, state: int) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        if response is None:
-            self._upgrade(request)
-        else:
-            self._respond(http_response(response.status, response.body, list(response.headers)))
-
-    def _upgrade(self, request: Request) -> None:
-        server = self.server
-        transport = self.transport
-        assert transport is not None
-        try:
-            answer, subprotocol, extension = server.handshake.accept(request)
-        except InvalidRequest as exc:
-            self._reject(exc)
+        if state == ACCEPTED:
+            self._upgrade()
             return
+        error = self.opening.error
+        if error is not None:
+            logger.info("%s: refused the handshake: %d %s", _addr(self.peer), error.status, error)
         self._finish()
-        transport = take_over_transport(transport)
+        self.transport.write(self.opening.answer)
+        self.transport.close()
+
+    def _upgrade(self) -> None:
+        server = self.server
+        opening = self.opening
+        assert self.transport is not None and opening.request is not None
+        self._finish()
+        transport = take_over_transport(self.transport)
         listener = server.listener_factory()
         options = server.options
         conn = Connection(
             transport,
             listener,
             client=False,
-            request=request,
-            subprotocol=subprotocol,
-            extension=extension,
+            request=opening.request,
+            subprotocol=opening.subprotocol,
+            extension=opening.extension,
             max_size=options.max_size,
             max_fragments=options.max_fragments,
             close_timeout=options.close_timeout,
@@ -150,24 +130,14 @@ class _HandshakeProtocol(asyncio.Protocol):
             logger=logger,
             server=server,
         )
-        transport.write(answer)
+        transport.write(opening.answer)
         transport.set_protocol(conn)
         conn.start_reading()
         server._add_connection(conn)
         listener.on_connect(conn)
-        if self.pending and conn.state == OPEN:
-            conn.receive_data(self.pending)
-        self.pending = b""
-
-    def _reject(self, exc: InvalidRequest) -> None:
-        logger.info("%s: refused the handshake: %d %s", _addr(self.peer), exc.status, exc)
-        self._respond(http_response(exc.status, f"{exc}\n", exc.headers, head=self.head_method))
-
-    def _respond(self, data: bytes) -> None:
-        self._finish()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-            self.transport.close()
+        rest, opening.rest = opening.rest, b""
+        if rest and conn.state == OPEN:
+            conn.receive_data(rest)
 
     def _timed_out(self) -> None:
         logger.info("%s: no complete handshake within %s s; closing", _addr(self.peer), self.server.open_timeout)
@@ -324,13 +294,13 @@ def _build_server(
     slow_subscriber: SlowSubscriberPolicy = SLOW_SUBSCRIBER,
 ) -> Server:
     pubsub = PubSub(make_broker(broker), subscriber_buffer=subscriber_buffer, slow_subscriber=slow_subscriber)
-    handshake = ServerHandshake(
+    handshake = server_handshake(
         subprotocols=subprotocols,
         select_subprotocol=select_subprotocol,
         origins=origins,
         extra_headers=extra_headers,
         server_header=server_header,
-        extension_factory=server_extension_factory(compression),
+        compression=compression,
     )
     options = ConnectionOptions(
         max_size=max_size,

@@ -12,9 +12,9 @@ client and the server each have a core. Two clients:
         [--compression deflate] [--rounds 3]
 
 Prints one line per client: the best of ``--rounds`` rates, and every round's; and the
-CPU time per handshake of the server process (from /proc) and, for the fastws client,
-of the client process, the least over the rounds: on a busy machine these move far
-less than the rates. Loopback only; bounded by ``-n`` and ``--rounds``.
+CPU time per handshake of the server process (/proc/PID/task/*/schedstat, in ns) and,
+for the fastws client, of the client process, the least over the rounds: on a busy
+machine these move far less than the rates. Loopback only; bounded by ``-n`` and ``--rounds``.
 """
 
 from __future__ import annotations
@@ -46,10 +46,15 @@ REQUEST = (
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process's threads so far, in nanoseconds' precision (Linux schedstat)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # a thread that just ended
+            pass
+    return total / 1e9
 
 
 def raw_round(port: int, n: int, compression: str) -> float:

@@ -9,6 +9,20 @@ from .exceptions import ProtocolError
 __all__ = [
     "Opcode",
     "CloseCode",
+    "OP_CONT",
+    "OP_TEXT",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_PING",
+    "OP_PONG",
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_NO_STATUS",
+    "CLOSE_ABNORMAL",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_TOO_BIG",
+    "CLOSE_INTERNAL_ERROR",
     "is_valid_close_code",
     "check_close_code_to_send",
     "build_close_payload",
@@ -16,6 +30,24 @@ __all__ = [
 ]
 
 MAX_CONTROL_PAYLOAD = 125
+
+# Plain ints for the cores (comparisons with an IntEnum member cost more); the
+# compiled core has the same values as C constants and checks them at import.
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_NO_STATUS = 1005  # never on the wire: a close frame without a code
+CLOSE_ABNORMAL = 1006  # never on the wire: no close frame at all
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class Opcode(enum.IntEnum):
@@ -51,6 +83,10 @@ def is_valid_close_code(code: int) -> bool:
 
 def check_close_code_to_send(code: int, reason: str) -> bytes:
     """Validate what the application wants to close with; return the encoded reason."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"close code must be an int, not {type(code).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"close reason must be str, not {type(reason).__name__}")
     if not is_valid_close_code(code):
         raise ValueError(f"invalid close code {code}: use 1000-1003, 1007-1014 or 3000-4999")
     encoded = reason.encode()

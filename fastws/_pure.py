@@ -1,9 +1,14 @@
-"""The pure-Python twin of the compiled hot path (``src_c/_speedups.pyx``).
+"""The pure-Python twin of the compiled hot path (``src_c/core.pyx``).
 
 Same names, same behaviour; this is the reference that the differential tests
 hold the extension to, and the fallback where no compiler was available.
 Nothing here imports asyncio: bytes come in through ``receive_data``, bytes
 go out through the ``_write`` callable, messages through ``_on_message``.
+
+Only the hot half is written here (and again in Cython): the receive loop,
+masking, UTF-8 validation, frame encoding and ``send``/``send_frame``. The
+cold rules (options, control frames, closing, argument checks) are
+``fastws._rules.CoreRules``, which both twins share.
 """
 
 from __future__ import annotations
@@ -11,18 +16,26 @@ from __future__ import annotations
 import codecs
 import os
 import struct
-from collections.abc import Callable
 from typing import Any
 
-from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, connection_closed
-from .frames import build_close_payload, check_close_code_to_send, parse_close_payload, truncate_reason
+from ._rules import CLOSED, CLOSING, DEFAULT_MAX_SIZE, OPEN, CoreRules, check_frame_args, check_limit, payload_type_error
+from .exceptions import PayloadTooBig, ProtocolError
+from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT
 
-__all__ = ["apply_mask", "Utf8Validator", "ProtocolCore", "encode_frame", "frame_header", "broadcast", "IMPLEMENTATION"]
+__all__ = [
+    "apply_mask",
+    "Utf8Validator",
+    "ProtocolCore",
+    "encode_frame",
+    "frame_header",
+    "broadcast",
+    "IMPLEMENTATION",
+    "OPEN",
+    "CLOSING",
+    "CLOSED",
+]
 
 IMPLEMENTATION = "python"
-
-# Connection states after the opening handshake (CONNECTING is the handshake's business).
-OPEN, CLOSING, CLOSED = 1, 2, 3
 
 # Payloads at least this large are written apart from their header instead of
 # being copied into one buffer with it.
@@ -128,46 +141,26 @@ def encode_frame(
     return header + payload
 
 
-class ProtocolCore:
+class ProtocolCore(CoreRules):
     """RFC 6455 after the opening handshake: framing, assembly, validation, closing.
 
     Hot outputs are plain callables so that the asyncio layer can point them at
     the transport and the application with no Python frame in between:
     ``_write(data)`` and ``_on_message(core, data, is_text)``. Rare events are
     methods that a subclass overrides: ``_on_ping``, ``_on_pong``,
-    ``_on_close_frame`` and ``_close_transport``.
+    ``_on_close_frame``, ``_close_transport`` and ``_on_protocol_error``
+    (their defaults, and every other cold rule, are ``CoreRules``).
     """
 
     def __init__(
         self,
         client: bool,
         *,
-        max_size: int | None = 2**20,
+        max_size: int | None = DEFAULT_MAX_SIZE,
         max_fragments: int | None = None,
         extension: Any = None,
     ) -> None:
-        self.client = client
-        self.max_size = max_size
-        self.max_fragments = max_fragments
-        self.extension = extension  # permessage-deflate, when negotiated
-        self.state = OPEN
-        self.close_code: int | None = None  # received in a close frame, or sent when we failed
-        self.close_reason = ""
-        self.close_sent = False
-        self._requested_close: tuple[int, str] = (1000, "")  # what close() sent, until the peer answers
-        self.close_received = False
-        self.failure: ProtocolError | None = None
-        # Set on every receive; keepalive clears it and reads it back (any data is liveness).
-        self.received_data = False
-        # The transport's write buffer is over its high-water mark: pings are not
-        # answered at once; only the latest one's payload waits (RFC 6455 5.5.3).
-        self.writing_paused = False
-        self._pending_pong: bytes | None = None
-        self._write: Callable[[bytes], Any] = _discard
-        self._on_message: Callable[[Any, bytes, bool], Any] = _discard_message
-        # Header and large payload in one call (one writev on uvloop); the
-        # asyncio layer points it at transport.writelines.
-        self._writelines: Callable[[Any], Any] = self._write_each
+        self._init_rules(client, max_size, max_fragments, extension)
         self._buffer = bytearray()
         # The message being assembled (opcode None: no message in progress).
         self._msg_opcode: int | None = None
@@ -182,24 +175,21 @@ class ProtocolCore:
         self._frame: tuple[bool, int, bool, int, int, bytes] | None = None
         self._frame_done = 0
 
-    # -- hooks for subclasses (rare events) ----------------------------------
+    @property
+    def max_size(self) -> int | None:
+        return self._max_size
 
-    def _on_ping(self, payload: bytes) -> None:
-        """A ping arrived (the pong is sent, or waits for the write buffer to drain)."""
+    @max_size.setter
+    def max_size(self, value: int | None) -> None:
+        self._max_size = check_limit("max_size", value, 0)
 
-    def _on_pong(self, payload: bytes) -> None:
-        """A pong arrived."""
+    @property
+    def max_fragments(self) -> int | None:
+        return self._max_fragments
 
-    def _on_close_frame(self, code: int, reason: str) -> None:
-        """A valid close frame arrived (and was answered if we had not closed)."""
-
-    def _close_transport(self) -> None:
-        """Time to close the TCP connection (server after the closing handshake, or on failure)."""
-
-    def _on_protocol_error(self, exc: ProtocolError) -> None:
-        """The peer broke the protocol; input stops here. Fails the connection unless overridden
-        (the asyncio layer lets the application read what came before the error first)."""
-        self.fail(exc)
+    @max_fragments.setter
+    def max_fragments(self, value: int | None) -> None:
+        self._max_fragments = check_limit("max_fragments", value, 1)
 
     # -- input ------------------------------------------------------------------
 
@@ -237,20 +227,20 @@ class ProtocolCore:
                         if done & 3:
                             key = key[done & 3 :] + key[: done & 3]
                         buf[start + done : start + avail] = apply_mask(buf[start + done : start + avail], key)
-                    if opcode < 8 and self._msg_opcode == 1 and not self._msg_compressed:
+                    if opcode < OP_CLOSE and self._msg_opcode == OP_TEXT and not self._msg_compressed:
                         if not self._validator.validate(buf[start + done : start + avail]):
                             raise ProtocolError("invalid UTF-8 in a text message", 1007)
                     self._frame_done = avail
                 if avail < length:
                     break
-                if fin and opcode < 8 and self._msg_opcode == 1 and not self._msg_compressed:
+                if fin and opcode < OP_CLOSE and self._msg_opcode == OP_TEXT and not self._msg_compressed:
                     if not self._validator.validate(b"", True):
                         raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
                 pos = start + length
                 self._frame = None
                 payload = bytes(buf[start:pos])
-                if opcode >= 8:
-                    self._handle_control(opcode, payload)
+                if opcode >= OP_CLOSE:
+                    self._control_frame(opcode, payload)
                 else:
                     self._handle_data(fin, payload)
                 if self.close_received:
@@ -287,8 +277,8 @@ class ProtocolCore:
             raise ProtocolError("reserved bits RSV2/RSV3 set")
         if masked == self.client:
             raise ProtocolError("masked frame from server" if self.client else "unmasked frame from client")
-        if opcode >= 8:
-            if opcode > 10:
+        if opcode >= OP_CLOSE:
+            if opcode > OP_PONG:
                 raise ProtocolError(f"reserved opcode {opcode}")
             if not fin:
                 raise ProtocolError("fragmented control frame")
@@ -297,16 +287,16 @@ class ProtocolCore:
             if rsv1:
                 raise ProtocolError("RSV1 set on a control frame")
         else:
-            if opcode > 2:
+            if opcode > OP_BINARY:
                 raise ProtocolError(f"reserved opcode {opcode}")
-            if opcode == 0:
+            if opcode == OP_CONT:
                 if self._msg_opcode is None:
                     raise ProtocolError("continuation frame with no message to continue")
                 if rsv1:
                     raise ProtocolError("RSV1 set on a continuation frame")
                 self._msg_fragments += 1
-                if self.max_fragments is not None and self._msg_fragments > self.max_fragments:
-                    raise PayloadTooBig(f"message in more than {self.max_fragments} fragments")
+                if self._max_fragments is not None and self._msg_fragments > self._max_fragments:
+                    raise PayloadTooBig(f"message in more than {self._max_fragments} fragments")
             else:
                 if self._msg_opcode is not None:
                     raise ProtocolError("new data frame inside a fragmented message")
@@ -318,17 +308,17 @@ class ProtocolCore:
                 self._msg_fragments = 1
             if not self._msg_compressed:
                 self._msg_size += length
-                if self.max_size is not None and self._msg_size > self.max_size:
-                    raise PayloadTooBig(f"message larger than max_size ({self.max_size} bytes)")
-            elif self.max_size is not None and length > compressed_frame_limit(self.max_size):
-                raise PayloadTooBig(f"compressed frame larger than max_size ({self.max_size} bytes)")
+                if self._max_size is not None and self._msg_size > self._max_size:
+                    raise PayloadTooBig(f"message larger than max_size ({self._max_size} bytes)")
+            elif self._max_size is not None and length > compressed_frame_limit(self._max_size):
+                raise PayloadTooBig(f"compressed frame larger than max_size ({self._max_size} bytes)")
         key = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked else b""
         return fin, opcode, rsv1, hlen, length, key
 
     def _handle_data(self, fin: bool, payload: bytes) -> None:
-        is_text = self._msg_opcode == 1
+        is_text = self._msg_opcode == OP_TEXT
         if self._msg_compressed:
-            payload = self.extension.decode(payload, fin, self._msg_size, self.max_size)
+            payload = self.extension.decode(payload, fin, self._msg_size, self._max_size)
             self._msg_size += len(payload)
             if is_text and not self._validator.validate(payload):
                 raise ProtocolError("invalid UTF-8 in a text message", 1007)
@@ -346,118 +336,47 @@ class ProtocolCore:
             self._validator.reset()
         self._on_message(self, payload, is_text)
 
-    def _handle_control(self, opcode: int, payload: bytes) -> None:
-        if opcode == 9:
-            if self.state == OPEN:
-                if self.writing_paused:
-                    self._pending_pong = payload
-                else:
-                    self._write(encode_frame(10, payload, mask=self.client))
-            self._on_ping(payload)
-        elif opcode == 10:
-            self._on_pong(payload)
-        else:
-            code, reason = parse_close_payload(payload)
-            self.close_received = True
-            self.close_code = code
-            self.close_reason = reason
-            if self.state == OPEN:
-                self._send_close(None if code == 1005 else code, b"")
-            self._on_close_frame(code, reason)
-            if not self.client:
-                self._close_transport()
+    def _drop_message(self) -> None:
+        """The connection is gone: let go of a partial message."""
+        self._buffer = bytearray()
+        self._msg_parts = bytearray()
 
-    # -- flow control (the transport calls these) ------------------------------------
-
-    def pause_writing(self) -> None:
-        """The write buffer is over its high-water mark: pongs wait, the latest one only."""
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        """The write buffer drained: the pong of the latest unanswered ping goes out."""
-        self.writing_paused = False
-        payload = self._pending_pong
-        if payload is not None:
-            self._pending_pong = None
-            if self.state == OPEN:
-                self._write(encode_frame(10, payload, mask=self.client))
-
-    # -- output -------------------------------------------------------------------
+    # -- output (the cold rules, ping/pong/close, are CoreRules') --------------------
 
     def send(self, data: str | bytes | bytearray | memoryview, text: bool | None = None) -> None:
         """Send one message: str as text, bytes-like as binary unless ``text`` says otherwise."""
         if isinstance(data, str):
-            payload: bytes | bytearray | memoryview = data.encode()
-            opcode = 2 if text is False else 1
+            self._send_frame(OP_BINARY if text is False else OP_TEXT, data.encode(), True)
         else:
-            payload = data
-            opcode = 1 if text else 2
-        self.send_frame(opcode, payload, True)
+            self._send_frame(OP_TEXT if text else OP_BINARY, data, True)
 
     def send_frame(self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool = True) -> None:
         """Send one frame as is; the caller keeps the fragmentation rules."""
+        if type(opcode) is not int or not OP_CONT <= opcode <= OP_BINARY:
+            check_frame_args(opcode, payload, fin)  # control frames, bad arguments
+        self._send_frame(opcode, payload, fin)
+
+    def _send_frame(self, opcode: int, payload: bytes | bytearray | memoryview, fin: bool) -> None:
         if self.state != OPEN:
             raise self.closed_error()
+        if not isinstance(payload, (bytes, bytearray)):
+            # The buffer's bytes, whatever its item size (len() would count items).
+            try:
+                payload = memoryview(payload).cast("B")
+            except TypeError:
+                raise payload_type_error(payload) from None
         rsv1 = False
         ext = self.extension
-        if ext is not None and opcode < 8:
+        if ext is not None and opcode < OP_CLOSE:
             payload, rsv1 = ext.encode(opcode, payload, fin)
         if not self.client and len(payload) >= _WRITE_SEPARATELY:
             self._writelines((frame_header(opcode, len(payload), fin, rsv1), payload))
         else:
             self._write(encode_frame(opcode, payload, fin, rsv1, self.client))
 
-    def _write_each(self, parts: Any) -> None:
-        for part in parts:
-            self._write(part)
-
-    def ping(self, payload: bytes = b"") -> None:
-        if len(payload) > 125:
-            raise ValueError("ping payload longer than 125 bytes")
-        self.send_frame(9, payload)
-
-    def pong(self, payload: bytes = b"") -> None:
-        if len(payload) > 125:
-            raise ValueError("pong payload longer than 125 bytes")
-        self.send_frame(10, payload)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake (nothing to do if it already started)."""
-        encoded = check_close_code_to_send(code, reason)
-        if self.state == OPEN:
-            self._requested_close = (code, reason)
-            self._send_close(code, encoded)
-
-    def _send_close(self, code: int | None, reason: bytes) -> None:
-        self._write(encode_frame(8, build_close_payload(code, reason), mask=self.client))
-        self.close_sent = True
-        self.state = CLOSING
-
-    def fail(self, exc: ProtocolError) -> None:
-        """Fail the connection: close frame with the error's code, then close the TCP connection."""
-        if self.failure is None:
-            self.failure = exc
-        if self.state == OPEN:
-            self._send_close(exc.code, truncate_reason(str(exc)))
-        if self.close_code is None:
-            self.close_code = exc.code
-            self.close_reason = str(exc)
-        self._close_transport()
-
-    def connection_closed(self) -> None:
-        """The TCP connection is gone."""
-        self.state = CLOSED
-        if self.close_code is None:
-            self.close_code = 1006
-
-    def closed_error(self) -> ConnectionClosed:
-        """The exception that tells why this connection can no longer be used.
-
-        Before the peer answers our close(), that is the code we sent.
-        """
-        if self.close_code is None and self.close_sent:
-            return connection_closed(*self._requested_close)
-        return connection_closed(self.close_code or 1006, self.close_reason)
+    def _write_frame(self, opcode: int, payload: bytes) -> None:
+        """One control frame, no questions asked (CoreRules checked what needed checking)."""
+        self._write(encode_frame(opcode, payload, mask=self.client))
 
 
 def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
@@ -467,6 +386,8 @@ def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
     plain server connection; client connections (which mask each frame) and
     compressed ones get their own frame.
     """
+    if type(opcode) is not int or not OP_CONT <= opcode <= OP_BINARY:
+        check_frame_args(opcode, payload, True)
     frame = None
     sent = 0
     for conn in connections:
@@ -480,11 +401,3 @@ def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
             conn._write(frame)
         sent += 1
     return sent
-
-
-def _discard(data: bytes) -> None:
-    pass
-
-
-def _discard_message(core: Any, data: bytes, is_text: bool) -> None:
-    pass

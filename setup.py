@@ -2,7 +2,7 @@
 
 One module from parts: ``_speedups.pyx`` includes ``core.pyx`` (the protocol
 core) and ``transport.pyx`` (the asyncio transport); their declarations are
-``core.pxd`` and ``transport.pxd``, included by ``fastws._speedups.pxd`` (the dotted name is how Cython finds a module's .pxd outside its package).
+``core.pxd`` and ``transport.pxd``, included by ``src_c/fastws/_speedups.pxd`` (where Cython looks for the module's own .pxd).
 
 ``FASTWS_EXTENSION=0`` skips it; ``=1`` makes a failed build an error; unset
 tries it and falls back to pure Python when there is no compiler.
@@ -28,7 +28,7 @@ if mode != "0":
                     ["src_c/_speedups.pyx", "src_c/fastws_kernels.c"],
                     include_dirs=["src_c"],
                     depends=["src_c/core.pyx", "src_c/core.pxd", "src_c/transport.pyx", "src_c/transport.pxd",
-                             "src_c/kernels.pxd", "src_c/fastws_kernels.h", "src_c/fastws._speedups.pxd"],
+                             "src_c/kernels.pxd", "src_c/fastws_kernels.h", "src_c/fastws/_speedups.pxd"],
                     extra_compile_args=["-O3"],
                 )
             ],

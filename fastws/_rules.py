@@ -75,12 +75,12 @@ def check_limit(name: str, value: Any, minimum: int) -> int | None:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be None or an int, not bool")
     try:
-        value = operator.index(value)
+        limit = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be None or an int, not {type(value).__name__}") from None
-    if not minimum <= value <= sys.maxsize:
-        raise ValueError(f"{name} must be None (no limit) or an int from {minimum} to {sys.maxsize}, not {value}")
-    return value
+    if not minimum <= limit <= sys.maxsize:
+        raise ValueError(f"{name} must be None (no limit) or an int from {minimum} to {sys.maxsize}, not {limit}")
+    return limit
 
 
 def payload_type_error(payload: Any) -> TypeError:
@@ -140,8 +140,6 @@ class CoreRules:
     answers), ``_pending_pong`` and the outputs ``_write``, ``_writelines``,
     ``_on_message``.
     """
-
-    __slots__ = ()
 
     # Provided by each twin.
     client: bool

@@ -19,7 +19,8 @@ One extension module built from parts, laid out like uvloop's ``loop.pyx``:
   ``ProtocolCore`` and calls ``_data_in`` in C on each recv(); one module keeps
   that call direct and ``fastws._speedups`` the one thing to import.
 * this file: the kernel family (``FASTWS_KERNEL_ISA``) and the two includes.
-  ``fastws._speedups.pxd`` includes both ``.pxd`` files, in the same order.
+  ``fastws/_speedups.pxd`` (here, under the package name, where Cython looks
+  for a module's own declarations) includes both ``.pxd`` files in that order.
 """
 
 import os

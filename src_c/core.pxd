@@ -1,4 +1,4 @@
-# Declarations of the sans-I/O protocol core (core.pyx), included by fastws._speedups.pxd:
+# Declarations of the sans-I/O protocol core (core.pyx), included by src_c/fastws/_speedups.pxd:
 # the C layout of ProtocolCore and its C-level methods, so that the transport
 # (transport.pyx) calls the parser (_data_in) without a Python call.
 from cpython.object cimport PyObject

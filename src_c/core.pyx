@@ -19,7 +19,7 @@ from libc.stdint cimport uint8_t, uint64_t
 from kernels cimport fastws_mask, fastws_utf8_state, fastws_utf8_init, fastws_utf8_feed, fastws_utf8_complete
 
 from fastws import _rules, frames as _frames
-from fastws._rules import CoreRules, DEFAULT_MAX_SIZE, check_frame_args, check_limit, payload_type_error
+from fastws._rules import CoreRules, check_frame_args, check_limit, payload_type_error
 from fastws.exceptions import PayloadTooBig, ProtocolError
 
 cdef extern from "Python.h":
@@ -245,7 +245,7 @@ cdef class ProtocolCore:
     def __cinit__(self, *args, **kwargs):
         self._msg = NULL
 
-    def __init__(self, client, *, max_size=DEFAULT_MAX_SIZE, max_fragments=None, extension=None):
+    def __init__(self, client, *, max_size=_rules.DEFAULT_MAX_SIZE, max_fragments=None, extension=None):
         self._init_rules(client, max_size, max_fragments, extension)
         self._hdr_len = 0
         self._in_frame = False

@@ -1,4 +1,4 @@
-# Declarations of the asyncio layer (transport.pyx), included by fastws._speedups.pxd
+# Declarations of the asyncio layer (transport.pyx), included by src_c/fastws/_speedups.pxd
 # after core.pxd: SocketTransport holds a ProtocolCore and feeds it in C.
 from libc.stdint cimport uint8_t
 
@@ -52,8 +52,3 @@ cdef class SocketTransport:
     cdef _report(self, message, exc)
     cdef _fatal_error(self, exc, message)
     cdef _force_close(self, exc)
-
-
-# The per-thread receive buffer (ProtocolCore.get_buffer hands it to the event loop too).
-cdef void *_buffer_address(object buf) except NULL
-cdef memoryview _read_buffer()

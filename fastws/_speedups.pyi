@@ -1,7 +1,10 @@
-# Types of the compiled hot path, src_c/_speedups.pyx (a Cython extension has
-# no annotations of its own). Same public names and behaviour as its pure-Python
-# twin fastws/_pure.py; fastws/_accel.py types the shared API with this stub.
-# Keep it in step with the .pyx: .ci/run compares it with the built extension
+# Types of the compiled hot path, the module built from src_c/_speedups.pyx and
+# the parts it includes: core.pyx (ProtocolCore and encoding) and transport.pyx
+# (SocketTransport). A Cython extension has no annotations of its own. Same public
+# names and behaviour as its pure-Python twin fastws/_pure.py; ProtocolCore's cold
+# methods (ping, pong, close, fail, ...) are fastws._rules.CoreRules' functions on
+# both. fastws/_accel.py types the shared API with this stub. Keep it in step with
+# the .pyx files: .ci/run compares it with the built extension
 # (python -m mypy.stubtest fastws._speedups, from outside the checkout).
 
 import asyncio
@@ -74,6 +77,7 @@ class ProtocolCore:
     # Input.
     def receive_data(self, data: _BytesLike) -> None: ...
     # asyncio.BufferedProtocol (the compiled core only; the pure twin is fed by receive_data).
+    # The asyncio layer's, kept on the class that uvloop sees as the protocol (see core.pyx).
     def get_buffer(self, sizehint: int) -> memoryview: ...
     def buffer_updated(self, nbytes: int) -> None: ...
     # Flow control.

@@ -17,11 +17,13 @@ chunkings and frame streams (valid and corrupted), compared call by call.
 
 from __future__ import annotations
 
+import array
 import functools
 import importlib
 import os
 import random
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import fastws._pure as PY
 from _wsutil import parse_frames, xor_mask
+from fastws import _rules
+from fastws.exceptions import ProtocolError
+from fastws.frames import Opcode
 
 try:
     C = importlib.import_module("fastws._speedups")
@@ -701,3 +706,257 @@ def test_protocol_core_16_mib_text_message(corrupt: bool) -> None:
         assert messages == [] and log[-1][-1][1] == 1007
     else:
         assert len(messages) == 1 and messages[0][2] == text
+
+
+# -- the send side, closing, options and argument errors -------------------------------------
+#
+# What the application calls on a core, compared call by call: the frames each call writes
+# (unmasked: client keys are random), the exception it raises (type, message and close code),
+# every callback, and the state and closed_error() at the end.
+
+def test_the_cold_rules_are_one_source() -> None:
+    """Both ProtocolCore classes run the very functions of fastws._rules.CoreRules."""
+    for name in _rules.RULES:
+        rule = _rules.CoreRules.__dict__[name]
+        assert PY.ProtocolCore.__dict__.get(name, rule) is rule, f"fastws._pure.ProtocolCore overrides {name}"
+        assert getattr(PY.ProtocolCore, name) is rule, name
+        assert C.ProtocolCore.__dict__[name] is rule, f"the compiled ProtocolCore does not use CoreRules.{name}"
+    assert (C.OPEN, C.CLOSING, C.CLOSED) == (PY.OPEN, PY.CLOSING, PY.CLOSED) == (_rules.OPEN, _rules.CLOSING, _rules.CLOSED)
+
+
+def raised(exc: BaseException) -> tuple[Any, ...]:
+    return ("raised", type(exc).__name__, str(exc), getattr(exc, "code", None))
+
+
+class SendExtension(IdentityExtension):
+    """Records what the core asks it to compress; compresses nothing (RSV1 stays clear)."""
+
+    def encode(self, opcode: int, payload: Any, fin: bool) -> tuple[Any, bool]:
+        self.log.append(("encode", opcode, bytes(payload), fin))
+        return payload, False
+
+
+def run_ops(which: str, ops: list[tuple[Any, ...]], *, client: bool, extension: bool = False, **options: Any) -> list[Any]:
+    """Apply ``ops`` (method name and arguments, or ("receive", bytes)) to one twin; everything observable."""
+    log: list[Any] = []
+    try:
+        core = RECORDERS[which](client, extension=SendExtension(log) if extension else None, **options)
+    except Exception as exc:  # noqa: BLE001 - the outcome is the point
+        return [("constructor", raised(exc))]
+    core.log = log
+    out: list[Any] = []
+    core._write = out.append
+    core._on_message = lambda c, data, is_text: log.append(("message", bytes(data), is_text))
+    log.append(("options", core.client, core.max_size, core.max_fragments, core.state))
+    for op in ops:
+        name, args = op[0], op[1:]
+        try:
+            if name == "receive":
+                core.receive_data(args[0])
+            elif name == "fail":
+                core.fail(ProtocolError(*args))
+            else:
+                getattr(core, name)(*args)
+            result: tuple[Any, ...] = ("ok",)
+        except Exception as exc:  # noqa: BLE001
+            result = raised(exc)
+        log.append((name, result, written(b"".join(bytes(part) for part in out), bool(client))))
+        out.clear()
+    f = core.failure
+    log.append(
+        (
+            "final",
+            core.state,
+            core.close_code,
+            core.close_reason,
+            core.close_sent,
+            core.close_received,
+            core.writing_paused,
+            None if f is None else (type(f).__name__, f.code, str(f)),
+            raised(core.closed_error()),
+        )
+    )
+    return log
+
+
+def assert_same_ops(ops: list[tuple[Any, ...]], **options: Any) -> list[Any]:
+    py = run_ops("py", ops, **options)
+    c = run_ops("c", ops, **options)
+    for i, (a, b) in enumerate(zip(py, c, strict=False)):
+        assert a == b, f"first difference at event {i} (ops {ops}, options {options})"
+    assert c == py
+    return py
+
+
+LIMITS = [None, 0, 1, 125, 2**20, sys.maxsize, sys.maxsize + 1, -1, -(2**70), 2**70, 1.5, "10", True, False, b"1"]
+
+
+@pytest.mark.parametrize("client", [False, True, 0, 1, "", "yes"])
+@pytest.mark.parametrize("max_size", LIMITS)
+def test_constructor_max_size(client: Any, max_size: Any) -> None:
+    assert_same_ops([("send", b"x")], client=client, max_size=max_size)
+
+
+@pytest.mark.parametrize("max_fragments", LIMITS)
+def test_constructor_max_fragments(max_fragments: Any) -> None:
+    assert_same_ops([], client=False, max_fragments=max_fragments)
+
+
+@pytest.mark.parametrize("value", LIMITS)
+@pytest.mark.parametrize("name", ["max_size", "max_fragments"])
+def test_setting_a_limit_later(name: str, value: Any) -> None:
+    outcomes = []
+    for mod in (PY, C):
+        core = mod.ProtocolCore(False)
+        try:
+            setattr(core, name, value)
+            outcomes.append(("ok", getattr(core, name)))
+        except Exception as exc:  # noqa: BLE001
+            outcomes.append(raised(exc))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_max_size_minus_one_is_refused_with_a_clear_message() -> None:
+    for mod in (PY, C):
+        with pytest.raises(ValueError, match=r"max_size must be None \(no limit\) or an int from 0"):
+            mod.ProtocolCore(False, max_size=-1)
+
+
+PAYLOADS: dict[str, Callable[[bytes], Any]] = {
+    "bytes": bytes,
+    "bytearray": bytearray,
+    "memoryview": memoryview,
+    "memoryview slice": lambda b: memoryview(b"..." + b)[3:],
+    "array of int32": lambda b: array.array("i", b[: len(b) // 4 * 4]),
+    "str": lambda b: b.decode("latin-1"),
+}
+SEND_SIZES = [0, 1, 125, 126, 16383, 16384, 65536]
+
+
+@pytest.mark.parametrize("extension", [False, True])
+@pytest.mark.parametrize("client", [False, True])
+@pytest.mark.parametrize("kind", list(PAYLOADS))
+def test_send_writes_the_same_frames(kind: str, client: bool, extension: bool) -> None:
+    ops: list[tuple[Any, ...]] = []
+    for size in SEND_SIZES:
+        payload = PAYLOADS[kind](bytes(range(256)) * (size // 256) + bytes(range(size % 256)))
+        ops += [("send", payload), ("send", payload, True), ("send", payload, False), ("send", payload, None)]
+        ops += [("send_frame", Opcode.TEXT, payload, False), ("send_frame", 0, payload, True), ("send_frame", 2, payload)]
+    ops += [("send", "ascii"), ("send", "é€😀"), ("send", "\ud800"), ("send", 12), ("send", None), ("send", [1, 2])]
+    assert_same_ops(ops, client=client, extension=extension)
+
+
+OPCODES = [-1, 0, 1, 2, 3, 7, 8, 9, 10, 11, 15, 16, 256, 2**70, "1", 1.0, True, None, Opcode.TEXT, Opcode.PING]
+
+
+@pytest.mark.parametrize("client", [False, True])
+@pytest.mark.parametrize("opcode", OPCODES)
+def test_send_frame_arguments(opcode: Any, client: bool) -> None:
+    ops: list[tuple[Any, ...]] = []
+    for payload in [b"", b"x" * 125, b"x" * 126, bytearray(b"abc"), memoryview(b"abc"), "abc", 7, None]:
+        for fin in [True, False, 0, 1]:
+            ops.append(("send_frame", opcode, payload, fin))
+    assert_same_ops(ops, client=client)
+
+
+@pytest.mark.parametrize("client", [False, True])
+@pytest.mark.parametrize("method", ["ping", "pong"])
+def test_ping_pong_arguments(method: str, client: bool) -> None:
+    ops: list[tuple[Any, ...]] = [(method,)]
+    for payload in [b"", b"p" * 125, b"p" * 126, bytearray(b"p" * 125), memoryview(b"p" * 126), array.array("i", [1] * 31),
+                    array.array("i", [1] * 32), "ping", 5, None]:
+        ops.append((method, payload))
+    assert_same_ops(ops, client=client)
+
+
+CLOSE_ARGS = [(), (1000,), (1000, "bye"), (1001, "é" * 61), (1000, "x" * 123), (1000, "x" * 124), (1000, "é" * 62),
+              (1005,), (1006,), (999,), (3000, ""), (4999, "z"), (5000,), ("1000",), (1000.0,), (True,), (None,),
+              (1000, b"bye"), (1000, None), (1000, 7), (Opcode.PING,)]
+
+
+@pytest.mark.parametrize("client", [False, True])
+@pytest.mark.parametrize("args", CLOSE_ARGS)
+def test_close_arguments_and_closing_twice(args: tuple[Any, ...], client: bool) -> None:
+    # Then close again, and send after close: the same exception and close code.
+    assert_same_ops([("close", *args), ("close", *args), ("close",), ("send", b"late"), ("ping",), ("send_frame", 2, b"x")],
+                    client=client)
+
+
+def _peer(client: bool) -> Callable[..., bytes]:
+    """Frames as this core's peer sends them (masked towards a server)."""
+    return lambda opcode, payload=b"", **kw: frame(opcode, payload, masked=not client, **kw)
+
+
+SEQUENCES: dict[str, Callable[[Callable[..., bytes]], list[tuple[Any, ...]]]] = {
+    "close, peer answers, send": lambda f: [("close", 3001, "bye"), ("receive", f(8, b"\x0b\xb9ok")), ("send", b"x"), ("close",)],
+    "peer closes first, send": lambda f: [("receive", f(8, b"\x03\xe8")), ("send", b"x"), ("ping", b"p"), ("close", 1000)],
+    "peer closes with no status": lambda f: [("receive", f(8)), ("send", "x"), ("close",)],
+    "peer closes with a bad code": lambda f: [("receive", f(8, b"\x03\xed")), ("send", "x")],
+    "peer closes with bad UTF-8": lambda f: [("receive", f(8, b"\x03\xe8\xff")), ("send", "x")],
+    "fail, then send and close": lambda f: [("fail", "broken", 1002), ("send", b"x"), ("close",), ("fail", "again", 1011)],
+    "fail with a long reason": lambda f: [("fail", "é" * 100, 1009), ("send", b"x")],
+    "fail after close": lambda f: [("close", 1001), ("fail", "late", 1011), ("send", b"x")],
+    "connection lost": lambda f: [("connection_closed",), ("send", b"x"), ("close",), ("ping",)],
+    "close, connection lost": lambda f: [("close", 1000), ("connection_closed",), ("send", b"x")],
+    "pings while writing is paused": lambda f: [
+        ("pause_writing",), ("receive", f(9, b"one")), ("receive", f(9, b"two")), ("resume_writing",), ("resume_writing",),
+        ("receive", f(9, b"three")), ("receive", f(10, b"pong")),
+    ],
+    "pending pong, then close": lambda f: [("pause_writing",), ("receive", f(9, b"p")), ("close",), ("resume_writing",)],
+    "pending pong, then peer closes": lambda f: [("pause_writing",), ("receive", f(9, b"p") + f(8, b"\x03\xe8")), ("resume_writing",)],
+    "message, ping, message": lambda f: [("receive", f(1, b"a") + f(9, b"!") + f(2, b"b")), ("send", "c")],
+    "protocol error": lambda f: [("receive", f(3, b"?")), ("send", b"x"), ("close",)],
+    "too big": lambda f: [("receive", f(2, b"x" * 200)), ("send", b"x")],
+}
+
+
+@pytest.mark.parametrize("client", [False, True])
+@pytest.mark.parametrize("name", list(SEQUENCES))
+def test_close_and_fail_sequences(name: str, client: bool) -> None:
+    assert_same_ops(SEQUENCES[name](_peer(client)), client=client, max_size=100)
+
+
+@st.composite
+def op_sequences(draw: st.DrawFn, client: bool) -> list[tuple[Any, ...]]:
+    f = _peer(client)
+    payload = st.one_of(st.binary(max_size=140), st.binary(max_size=140).map(bytearray), st.text(max_size=40))
+    op = st.one_of(
+        st.tuples(st.just("send"), payload),
+        st.tuples(st.just("send_frame"), st.sampled_from([0, 1, 2, 3, 8, 9, 10, 16]), st.binary(max_size=130), st.booleans()),
+        st.tuples(st.sampled_from(["ping", "pong"]), st.binary(max_size=130)),
+        st.tuples(st.just("close"), st.sampled_from([1000, 1001, 1005, 3000, 999]), st.sampled_from(["", "bye", "x" * 124])),
+        st.tuples(st.just("fail"), st.just("failed"), st.sampled_from([1002, 1007, 1009, 1011])),
+        st.tuples(st.sampled_from(["pause_writing", "resume_writing", "connection_closed"])),
+        st.tuples(
+            st.just("receive"),
+            st.one_of(
+                st.binary(max_size=125).map(lambda p: f(9, p)),
+                st.binary(max_size=125).map(lambda p: f(10, p)),
+                st.sampled_from([b"", b"\x03\xe8", b"\x03\xe8bye", b"\x0b\xb8", b"\x03\xed", b"\x01"]).map(lambda p: f(8, p)),
+                st.binary(max_size=50).map(lambda p: f(2, p)),
+            ),
+        ),
+    )
+    return draw(st.lists(op, max_size=12))
+
+
+@fuzz(300)
+@given(data=st.data(), client=st.booleans())
+def test_random_op_sequences(data: st.DataObject, client: bool) -> None:
+    assert_same_ops(data.draw(op_sequences(client)), client=client)
+
+
+@pytest.mark.parametrize("opcode", [0, 1, 2, 3, 8, 9, 10, 16, "1", None])
+def test_broadcast_arguments(opcode: Any) -> None:
+    outcomes = []
+    for mod in (PY, C):
+        outs: list[list[bytes]] = [[], []]
+        cores = [mod.ProtocolCore(False), mod.ProtocolCore(True)]
+        for core, out in zip(cores, outs, strict=True):
+            core._write = out.append
+        try:
+            result: tuple[Any, ...] = ("ok", mod.broadcast(cores, opcode, b"hi"))
+        except Exception as exc:  # noqa: BLE001
+            result = raised(exc)
+        outcomes.append((result, [written(b"".join(out), client) for out, client in zip(outs, (False, True), strict=True)]))
+    assert outcomes[0] == outcomes[1]

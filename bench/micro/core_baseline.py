@@ -20,7 +20,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def _mask(data: bytes, key: bytes) -> bytes:

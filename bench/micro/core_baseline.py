@@ -9,6 +9,11 @@ Times, with ``time.perf_counter`` over many iterations:
 Each case reports the median of ``--repeat`` rounds, in ns per call. ``--json``
 writes the medians, so that two builds can be compared (``--compare a.json b.json``).
 Run it pinned on a quiet machine: ``taskset -c 1 python bench/micro/core_baseline.py``.
+
+On a shared machine, compare two builds in one process instead: ``--so A.so B.so``
+loads each compiled module file as ``fastws._speedups`` (they are separate shared
+objects, so both can live side by side) and alternates them round by round, so
+that a burst of load hits both alike; it prints each build's medians and B/A.
 """
 
 from __future__ import annotations
@@ -93,13 +98,44 @@ def measure(fn: Callable[[], None], n: int, repeat: int) -> float:
     return statistics.median(times)
 
 
+def load_so(path: str) -> Any:
+    """A compiled fastws._speedups from ``path``, whichever one is installed."""
+    import importlib.util
+
+    import fastws  # noqa: F401 - the package first: the module imports from it
+
+    spec = importlib.util.spec_from_file_location("fastws._speedups", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def alternate(paths: list[str], repeat: int) -> None:
+    runs = [cases(load_so(p)) for p in paths]
+    times: list[dict[str, list[float]]] = [{name: [] for name in runs[0]} for _ in paths]
+    for _ in range(repeat):
+        for name in runs[0]:
+            for i, run in enumerate(runs):
+                fn, n = run[name]
+                times[i][name].append(measure(fn, n, 1))
+    print(f"{'case':28}" + "".join(f"{'build ' + chr(65 + i):>12}" for i in range(len(paths))) + "   ratio B/A")
+    for name in runs[0]:
+        medians = [statistics.median(t[name]) for t in times]
+        print(f"{name:28}" + "".join(f"{m:12.1f}" for m in medians) + f"{medians[-1] / medians[0]:12.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--module", default="fastws._speedups", help="the module with ProtocolCore")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--json", help="write the medians here")
     ap.add_argument("--compare", nargs="+", metavar="JSON", help="print a table of saved runs instead")
+    ap.add_argument("--so", nargs="+", metavar="SO", help="alternate these compiled module files in one process")
     args = ap.parse_args()
+    if args.so:
+        alternate(args.so, args.repeat)
+        return
     if args.compare:
         runs = [json.load(open(p)) for p in args.compare]
         names = list(runs[0]["results"])

@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 from checks import MAX_LEN  # noqa: E402
 
 SHARE = {"frames": 0.5, "handshake": 0.25, "deflate": 0.25}
-COVERED = ["fastws/_pure.py", "fastws/frames.py", "fastws/handshake.py", "fastws/extensions/permessage_deflate.py"]
+COVERED = ["fastws/_pure.py", "fastws/_rules.py", "fastws/frames.py", "fastws/handshake.py", "fastws/extensions/permessage_deflate.py"]
 
 
 def fuzz(harness: str, seconds: int, work: str) -> tuple[int, list[str], str]:

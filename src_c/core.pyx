@@ -584,7 +584,7 @@ cdef class ProtocolCore:
         self._write(_encode(opcode, payload, n, fin, False, self.client))
         return 0
 
-    def _write_frame(self, int opcode, payload):
+    def _write_frame(self, int opcode, bytes payload not None):
         """One control frame, no questions asked (CoreRules checked what needed checking)."""
         self._write(_encode(opcode, <const uint8_t *>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False, self.client))
 

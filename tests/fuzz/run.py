@@ -6,7 +6,7 @@ Run: python tests/fuzz/run.py [--no-coverage] [harness ...]
   (frames gets half, the others a quarter each).
 * ``FUZZ_WORKDIR``: where new corpus entries, crash artefacts and logs go
   (default: a fresh temporary directory; never the repository).
-* ``--cython-coverage``: also the line coverage of ``src_c/_speedups.pyx``, from a
+* ``--cython-coverage``: also the line coverage of ``src_c/*.pyx`` (the compiled module's parts), from a
   copy of the sources built with Cython line tracing in the work directory.
 
 The seed corpus (``corpus/<harness>``) and the regressions (``regressions/<harness>``)
@@ -102,7 +102,7 @@ setup(
 
 
 def cython_coverage(work: str) -> int:
-    """Line coverage of src_c/_speedups.pyx from replaying the frames inputs through a
+    """Line coverage of src_c/*.pyx from replaying the frames inputs through a
     line-tracing build of the checkout's sources (in ``work``; needs Cython installed)."""
     root = os.path.dirname(os.path.dirname(HERE))
     build = os.path.join(work, "linetrace")
@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--no-coverage", action="store_true", help="skip the coverage replay and report")
     parser.add_argument(
         "--cython-coverage", action="store_true",
-        help="also report src_c/_speedups.pyx line coverage (builds a line-tracing copy; needs Cython, ~20 s more)",
+        help="also report src_c/*.pyx line coverage (builds a line-tracing copy; needs Cython, ~20 s more)",
     )
     args = parser.parse_args()
     harnesses = args.harness or list(SHARE)

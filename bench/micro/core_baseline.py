@@ -4,7 +4,9 @@ Times, with ``time.perf_counter`` over many iterations:
 
 * ``receive_data`` of one chunk holding 64 masked 256 B binary frames (server side);
 * ``receive_data`` of one masked 4 KiB text frame (mixed UTF-8);
-* ``send()`` of 256 B bytes and of a 256 B ASCII str (server side, ``_write`` a no-op).
+* ``send()`` of 256 B bytes and of a 256 B ASCII str (server side, ``_write`` a no-op);
+* ``receive_data`` of 64 masked 16 B pings (each answered with a pong): the control
+  path, which is not per data frame but is what a ping flood costs.
 
 Each case reports the median of ``--repeat`` rounds, in ns per call. ``--json``
 writes the medians, so that two builds can be compared (``--compare a.json b.json``).
@@ -71,6 +73,8 @@ def cases(mod: Any) -> dict[str, tuple[Callable[[], None], int]]:
     text = core()
     text4k = _frame(1, _text(4096), key)
     sender = core()
+    pinged = core()
+    pings = b"".join(_frame(9, bytes(range(16)), key) for _ in range(64))
     payload = bytes(range(256))
     spayload = ("abcdefgh" * 32)[:256]
 
@@ -79,6 +83,7 @@ def cases(mod: Any) -> dict[str, tuple[Callable[[], None], int]]:
         "receive 4 KiB text": (lambda: text.receive_data(text4k), 20000),
         "send 256 B bytes": (lambda: sender.send(payload), 200000),
         "send 256 B str": (lambda: sender.send(spayload), 200000),
+        "receive 64 x 16 B pings": (lambda: pinged.receive_data(pings), 2000),
     }
 
 

@@ -15,7 +15,7 @@ Run it pinned on a quiet machine: ``taskset -c 1 python bench/micro/core_baselin
 On a shared machine, compare two builds in one process instead: ``--so A.so B.so``
 loads each compiled module file as ``fastws._speedups`` (they are separate shared
 objects, so both can live side by side) and alternates them round by round, so
-that a burst of load hits both alike; it prints each build's medians and B/A.
+that a burst of load hits both alike; it prints each build's median and fastest\nround, and their ratios to the first build.
 """
 
 from __future__ import annotations
@@ -124,10 +124,16 @@ def alternate(paths: list[str], repeat: int) -> None:
             for i, run in enumerate(runs):
                 fn, n = run[name]
                 times[i][name].append(measure(fn, n, 1))
-    print(f"{'case':28}" + "".join(f"{'build ' + chr(65 + i):>12}" for i in range(len(paths))) + "   ratio B/A")
+    builds = "".join(f"{'build ' + chr(65 + i):>12}" for i in range(len(paths)))
+    print(f"{'median ns/call':28}{builds}" + "".join(f"{chr(65 + i) + '/A':>8}" for i in range(1, len(paths))))
     for name in runs[0]:
         medians = [statistics.median(t[name]) for t in times]
-        print(f"{name:28}" + "".join(f"{m:12.1f}" for m in medians) + f"{medians[-1] / medians[0]:12.3f}")
+        print(f"{name:28}" + "".join(f"{m:12.1f}" for m in medians) + "".join(f"{m / medians[0]:8.3f}" for m in medians[1:]))
+    # The fastest round of each: what a build costs when the machine lets it run.
+    print(f"{'min ns/call':28}{builds}")
+    for name in runs[0]:
+        mins = [min(t[name]) for t in times]
+        print(f"{name:28}" + "".join(f"{m:12.1f}" for m in mins) + "".join(f"{m / mins[0]:8.3f}" for m in mins[1:]))
 
 
 def main() -> None:

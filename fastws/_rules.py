@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import defaults
 from .exceptions import ConnectionClosed, ProtocolError, connection_closed
 from .frames import (
     CLOSE_ABNORMAL,
@@ -63,7 +64,9 @@ __all__ = [
 # Connection states after the opening handshake (CONNECTING is the handshake's business).
 OPEN, CLOSING, CLOSED = 1, 2, 3
 
-DEFAULT_MAX_SIZE = 2**20
+# The core's default limit (fastws.defaults holds every default); the core sets no
+# fragment limit of its own: Connection and the sans-I/O protocols pass one.
+DEFAULT_MAX_SIZE = defaults.MAX_SIZE
 
 _OPCODE_NAMES = {OP_CONT: "continuation", OP_TEXT: "text", OP_BINARY: "binary", OP_CLOSE: "close", OP_PING: "ping", OP_PONG: "pong"}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
+import importlib.util
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -10,10 +12,55 @@ from typing import Any, TypeVar
 
 import pytest
 
-import fastws
-
 # The helpers module sits next to this file; make it importable whatever the rootdir.
 sys.path.insert(0, os.path.dirname(__file__))
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTALL_HINT = "run `pip install '.[test]'` in the checkout (it builds the compiled extension), then `pytest`"
+
+
+def _uncompiled_checkout(package_dir: str | None) -> bool:
+    """Is ``package_dir`` this checkout's fastws/, holding sources but no compiled extension?"""
+    if package_dir is None or os.path.realpath(package_dir) != os.path.join(os.path.realpath(CHECKOUT), "fastws"):
+        return False
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return not any(name.startswith("_speedups.") and name.endswith(suffixes) for name in os.listdir(package_dir))
+
+
+def _package_dir() -> str | None:
+    module = sys.modules.get("fastws")
+    if module is not None:
+        return os.path.dirname(module.__file__ or "")
+    spec = importlib.util.find_spec("fastws")
+    return None if spec is None else (spec.submodule_search_locations or [None])[0]
+
+
+def _prefer_installed_fastws() -> str | None:
+    """Make ``import fastws`` find the installed fastws, never the checkout's uncompiled sources.
+
+    ``python -m pytest`` (or ``PYTHONPATH=.``) puts the checkout first on
+    sys.path, where ``fastws/`` has no compiled extension: that copy would
+    silently test pure Python twice, and the tests that need the extension
+    would not even be collected. Those entries are dropped, so the installed
+    fastws (the one plain ``pytest`` imports) is tested; an editable install,
+    whose extension is built into the checkout, is used as it is.
+    Returns why the tests cannot run, or None.
+    """
+    if _uncompiled_checkout(_package_dir()):
+        if "fastws" in sys.modules:
+            return f"fastws was imported from the checkout's uncompiled sources before the tests: {INSTALL_HINT}"
+        checkout = os.path.realpath(CHECKOUT)
+        sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or os.getcwd()) != checkout]
+        importlib.invalidate_caches()
+        if _uncompiled_checkout(_package_dir()):  # on sys.path some other way (a .pth file)
+            return f"fastws resolves to the checkout's uncompiled sources: {INSTALL_HINT}"
+    if _package_dir() is None:
+        return f"fastws is not installed for {sys.executable}: {INSTALL_HINT}"
+    return None
+
+
+# Before anything imports fastws; pytest_configure reports a problem in one line.
+SETUP_PROBLEM = _prefer_installed_fastws()
 
 T = TypeVar("T")
 
@@ -21,6 +68,21 @@ T = TypeVar("T")
 TEST_TIMEOUT = 30.0
 
 LOOP_KINDS = ["asyncio", "uvloop"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Say in one line when the tests cannot run."""
+    if SETUP_PROBLEM is not None:
+        raise pytest.UsageError(SETUP_PROBLEM)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    import fastws
+    from fastws import _accel
+
+    path = "compiled extension, kernels " + _accel.KERNEL_ISA if _accel.USING_EXTENSION else "pure Python"
+    return [f"fastws {fastws.__version__} from {os.path.dirname(fastws.__file__ or '')} ({path})"]
 
 
 @pytest.fixture(params=LOOP_KINDS)
@@ -31,6 +93,8 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def run(loop_kind: str) -> Callable[..., Any]:
     """``run(coro, timeout=...)``: run ``coro`` to completion on a new loop of ``loop_kind``."""
+
+    import fastws
 
     def runner(coro: Awaitable[T], timeout: float = TEST_TIMEOUT) -> T:
         async def bounded() -> T:

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 from typing import IO, Any
 
 import fastws
+from _wsutil import scaled
 
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = scaled(30.0)
+STOP_TIMEOUT = scaled(30.0)
 # Where the fastws under test was imported from (site-packages, or a checkout on PYTHONPATH).
 FASTWS_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(fastws.__file__)))
 # Child processes start here: ``python -m`` puts its working directory first on

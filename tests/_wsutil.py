@@ -15,7 +15,31 @@ from typing import Any
 
 import fastws
 
-IO_TIMEOUT = 10.0
+
+def _timeout_factor() -> float:
+    raw = os.environ.get("FASTWS_TEST_TIMEOUT_FACTOR", "").strip()
+    try:
+        factor = float(raw) if raw else 1.0
+    except ValueError:
+        factor = 0.0
+    if not 0 < factor < float("inf"):
+        raise ValueError(f"FASTWS_TEST_TIMEOUT_FACTOR must be a positive number, not {raw!r}")
+    return factor
+
+
+#: The one knob for every time bound of the tests (FASTWS_TEST_TIMEOUT_FACTOR,
+#: default 1): a slow or busy machine (CI running other jobs alongside) sets 2 or 3.
+#: Bounds scaled by it only detect hangs; what a test checks about timing itself
+#: (a timer fired no earlier than its delay) stays unscaled.
+TIMEOUT_FACTOR = _timeout_factor()
+
+
+def scaled(seconds: float) -> float:
+    """A bound that detects a hang, scaled by FASTWS_TEST_TIMEOUT_FACTOR."""
+    return seconds * TIMEOUT_FACTOR
+
+
+IO_TIMEOUT = scaled(10.0)
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -258,6 +282,15 @@ def parse_frames_one(data: bytes) -> tuple[Frame, bytes]:
 async def echo_handler(ws: fastws.WebSocket) -> None:
     async for message in ws:
         await ws.send(message)
+
+
+async def until(predicate: Any, timeout: float = IO_TIMEOUT, what: str = "condition") -> None:
+    """Poll a condition that has no event of its own, with a deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.1f} s")
+        await asyncio.sleep(0.005)
 
 
 def port_of(server: fastws.Server) -> int:

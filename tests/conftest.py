@@ -64,7 +64,8 @@ SETUP_PROBLEM = _prefer_installed_fastws()
 
 T = TypeVar("T")
 
-# Upper bound for one async test body; pytest-timeout (120 s) is the last resort.
+# Upper bound for one async test body, in seconds before scaling; pytest-timeout
+# (pyproject.toml, also scaled) is the last resort.
 TEST_TIMEOUT = 30.0
 
 LOOP_KINDS = ["asyncio", "uvloop"]
@@ -72,17 +73,35 @@ LOOP_KINDS = ["asyncio", "uvloop"]
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Say in one line when the tests cannot run."""
+    """Say in one line when the tests cannot run; scale pytest-timeout's configured
+    timeout too, unless the command line or PYTEST_TIMEOUT set one."""
     if SETUP_PROBLEM is not None:
         raise pytest.UsageError(SETUP_PROBLEM)
+    # Hypothesis: no per-example deadline and no "data generation too slow" health
+    # check anywhere, since a busy machine trips both (a test's own settings still apply).
+    from hypothesis import HealthCheck, settings
+
+    from _wsutil import TIMEOUT_FACTOR, scaled
+
+    settings.register_profile("fastws", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("fastws")
+
+    if TIMEOUT_FACTOR == 1 or "PYTEST_TIMEOUT" in os.environ:
+        return
+    if getattr(config.option, "timeout", "no plugin") is None and config.getini("timeout"):
+        config.option.timeout = scaled(float(config.getini("timeout")))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     import fastws
+    from _wsutil import TIMEOUT_FACTOR
     from fastws import _accel
 
     path = "compiled extension, kernels " + _accel.KERNEL_ISA if _accel.USING_EXTENSION else "pure Python"
-    return [f"fastws {fastws.__version__} from {os.path.dirname(fastws.__file__ or '')} ({path})"]
+    return [
+        f"fastws {fastws.__version__} from {os.path.dirname(fastws.__file__ or '')} ({path})",
+        f"time bounds scaled by {TIMEOUT_FACTOR:g} (FASTWS_TEST_TIMEOUT_FACTOR)",
+    ]
 
 
 @pytest.fixture(params=LOOP_KINDS)
@@ -92,13 +111,17 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def run(loop_kind: str) -> Callable[..., Any]:
-    """``run(coro, timeout=...)``: run ``coro`` to completion on a new loop of ``loop_kind``."""
+    """``run(coro, timeout=...)``: run ``coro`` to completion on a new loop of ``loop_kind``.
+
+    ``timeout`` (seconds) is scaled by FASTWS_TEST_TIMEOUT_FACTOR here.
+    """
 
     import fastws
+    from _wsutil import scaled
 
     def runner(coro: Awaitable[T], timeout: float = TEST_TIMEOUT) -> T:
         async def bounded() -> T:
-            return await asyncio.wait_for(coro, timeout)
+            return await asyncio.wait_for(coro, scaled(timeout))
 
         with asyncio.Runner(loop_factory=lambda: fastws.new_event_loop(use_uvloop=loop_kind == "uvloop")) as r:
             result = r.run(bounded())

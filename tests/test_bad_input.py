@@ -20,6 +20,7 @@ from _wsutil import (
     close_payload,
     echo_server,
     port_of,
+    scaled,
     upgrade_request,
     uri_of,
 )
@@ -104,7 +105,7 @@ def test_malformed_header_line_is_400(run: Any, caplog: pytest.LogCaptureFixture
     play(run, caplog, refused_with(request, (400,)))
 
 
-PROMPT = 5.0  # seconds: a bound on the wait, far below the open_timeout these servers run with
+PROMPT = scaled(5.0)  # a bound on the wait, far below the open_timeout these servers run with
 
 
 def refused_promptly(request: bytes, status: int, named: str) -> Scenario:
@@ -160,7 +161,7 @@ def _bare_lf(request: bytes) -> bytes:
 def test_hostile_head_is_400_at_once_naming_the_problem(
     run: Any, caplog: pytest.LogCaptureFixture, request_bytes: bytes, named: str
 ) -> None:
-    play(run, caplog, refused_promptly(request_bytes, 400, named), open_timeout=30)
+    play(run, caplog, refused_promptly(request_bytes, 400, named), open_timeout=6 * PROMPT)
 
 
 def test_endless_head_is_431_as_soon_as_it_passes_max_head(run: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -173,7 +174,7 @@ def test_endless_head_is_431_as_soon_as_it_passes_max_head(run: Any, caplog: pyt
     head += line * ((MAX_HEAD - len(head)) // len(line))
     head += b"X-Last: " + b"a" * (MAX_HEAD + 1 - len(head) - 8)
     assert len(head) == MAX_HEAD + 1
-    play(run, caplog, refused_promptly(head, 431, "head too large"), open_timeout=30)
+    play(run, caplog, refused_promptly(head, 431, "head too large"), open_timeout=6 * PROMPT)
 
 
 @pytest.mark.parametrize(
@@ -202,13 +203,13 @@ def test_half_request_then_stall_is_closed_after_open_timeout(run: Any, caplog: 
     async def scenario(port: int) -> int:
         import asyncio
 
+        loop = asyncio.get_running_loop()
+        start = loop.time()  # before the server's open_timeout can start: a safe lower bound
         client = await RawClient.open(port)
         client.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         assert await client.read_all_until_eof() == b""
         elapsed = loop.time() - start
-        assert 0.3 < elapsed < 8, elapsed
+        assert 0.5 - 0.05 < elapsed < 0.5 + scaled(7.5), elapsed
         client.close()
         return client.local_port
 

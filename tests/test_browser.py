@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
 
 from _serveproc import ServeProcess  # noqa: E402
+from _wsutil import scaled  # noqa: E402
 
-WAIT_MS = 15_000
+WAIT_MS = int(scaled(15_000))
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

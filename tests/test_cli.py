@@ -19,10 +19,10 @@ import trustme
 
 import fastws
 from _serveproc import NEUTRAL_CWD, child_env, serving
-from _wsutil import IO_TIMEOUT, RawClient
+from _wsutil import IO_TIMEOUT, RawClient, scaled
 from fastws.cli import main as cli_main
 
-STARTUP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = scaled(30.0)
 async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, int, bytes]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fastws", "serve", "--host", "127.0.0.1", "--port", "0", *args,

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import fastws
-from _wsutil import echo_handler, expected_accept, parse_frames, upgrade_request
+from _wsutil import echo_handler, expected_accept, parse_frames, scaled, upgrade_request
 from fastws.apps import EchoListener
 
 WRITE_LIMIT = 2**16
@@ -35,8 +35,8 @@ KERNEL_BUFFER = 16384
 # What a connection may hold beyond its write limit: one read of the event loop
 # (at most 256 KiB) parsed after the pause, and the parser's own buffers.
 SLACK = 2**20
-STALL = 0.5  # a send blocked this long: time to ask whether the peer has stopped reading
-DEADLINE = 30.0
+STALL = 0.5  # a send blocked this long: time to ask whether the peer has stopped reading (a poll, not a bound)
+DEADLINE = scaled(30.0)
 
 
 async def until(predicate: Any, timeout: float = DEADLINE) -> None:

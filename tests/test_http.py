@@ -137,7 +137,7 @@ def test_upgrade_header_without_the_rest_is_refused_not_served_the_page(run: Any
 def test_hostile_plain_request_is_400_before_process_request(run: Any, request_bytes: bytes) -> None:
     async def main() -> None:
         async with cli_server() as port:
-            response = await asyncio.wait_for(http(port, request_bytes), 5)
+            response = await asyncio.wait_for(http(port, request_bytes), T)
             assert response.status == 400, "refused by the parser, never served the page or /healthz"
             assert response.headers["content-type"].startswith("text/plain")
             response = await http(port, get("/healthz"))

@@ -7,11 +7,13 @@ import time
 from typing import Any
 
 import fastws
-from _wsutil import IO_TIMEOUT, RawClient, accept_upgrade, build_frame, echo_server, raw_server
+from _wsutil import IO_TIMEOUT, RawClient, accept_upgrade, build_frame, echo_server, raw_server, scaled
 
-INTERVAL = 0.2
-TIMEOUT = 0.2
-SLACK = 0.5  # timers on a loaded 2-vCPU CI machine
+# The keepalive settings under test are scaled too: a peer that sends every
+# TIMEOUT / 4 must look alive to the server even when a busy machine delays it.
+INTERVAL = scaled(0.2)
+TIMEOUT = scaled(0.2)
+SLACK = scaled(0.5)  # timers on a loaded 2-vCPU CI machine
 
 
 async def wait(aw: Any, timeout: float = IO_TIMEOUT) -> Any:
@@ -23,8 +25,8 @@ def test_silent_client_is_closed_with_1011(run: Any) -> None:
 
     async def main() -> None:
         async with echo_server(ping_interval=INTERVAL, ping_timeout=TIMEOUT, close_timeout=0.5) as server:
+            started = time.monotonic()  # before the server can start its timer: a safe lower bound
             client = await RawClient.connect(server.sockets[0].getsockname()[1])
-            started = time.monotonic()
             ping = await client.read_frame()
             assert ping.opcode == 9
             frame = await client.read_frame()

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from _serveproc import NEUTRAL_CWD, child_env
-from _wsutil import build_frame, parse_frames, xor_mask
+from _wsutil import build_frame, parse_frames, scaled, xor_mask
 
 
 def _implementations() -> list[str]:
@@ -379,7 +379,7 @@ def _run_child(code: str, isa: str | None, extension: str | None = "1") -> subpr
         env["FASTWS_KERNEL_ISA"] = isa
     if extension is not None:
         env["FASTWS_EXTENSION"] = extension
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=NEUTRAL_CWD)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60), env=env, cwd=NEUTRAL_CWD)
 
 
 @needs_extension

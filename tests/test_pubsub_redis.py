@@ -20,7 +20,7 @@ import pytest
 import fastws
 import fastws.apps
 from _serveproc import NEUTRAL_CWD, child_env
-from _wsutil import IO_TIMEOUT, uri_of
+from _wsutil import IO_TIMEOUT, scaled, uri_of
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
 if shutil.which("redis-server") is None:
@@ -313,7 +313,7 @@ def test_two_chat_processes_share_rooms(redis_server: RedisServer) -> None:
             await a.close()
             await b.close()
 
-        asyncio.run(asyncio.wait_for(main(), 30))
+        asyncio.run(asyncio.wait_for(main(), scaled(30)))
     finally:
         for proc, _ in procs:
             stop_cli(proc)
@@ -344,7 +344,7 @@ def test_chat_workers_on_one_port_share_rooms(redis_server: RedisServer) -> None
             await a.close()
             await b.close()
 
-        asyncio.run(asyncio.wait_for(main(), 30))
+        asyncio.run(asyncio.wait_for(main(), scaled(30)))
     finally:
         stop_cli(proc)
     assert proc.returncode == 0

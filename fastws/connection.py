@@ -119,8 +119,14 @@ class Connection(_accel.ProtocolCore):
         self._reading_held = 0  # _HELD_BY_* bits: reading resumes when none is left
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._abort_handle: asyncio.TimerHandle | None = None
-        self._topics: set[str] | None = None  # pub/sub subscriptions, kept by server.pubsub
         self._write = transport.write
+        # write_frames(data): bytes that already are whole frames go to the transport
+        # as they are. For fan-out (fastws.pubsub): a frame encoded once, the same
+        # bytes object written to many connections, so it is the transport's own
+        # write, not a method around it. The frames must suit this connection:
+        # unmasked (server side), and not compressed unless for its own context.
+        # Nothing is checked; applications use send().
+        self.write_frames = transport.write
         self._writelines = transport.writelines
         self._on_message = listener.on_message
         if write_limit is not None:
@@ -180,8 +186,8 @@ class Connection(_accel.ProtocolCore):
             self._abort_handle.cancel()
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
-        if self._topics:
-            self.server.pubsub.unsubscribe_all(self)
+        if self.server is not None:
+            self.server.pubsub.unsubscribe_all(self)  # the hub keeps the subscriptions
         if self.failure is not None:
             self.logger.info("%s: closed the connection: %s", _addr(self.remote_address), self.failure)
         try:
@@ -199,7 +205,7 @@ class Connection(_accel.ProtocolCore):
     def resume_writing(self) -> None:
         super().resume_writing()  # the pending pong goes out
         self._release_reading(_HELD_BY_WRITES)
-        if self._topics:
+        if self.server is not None:
             self.server.pubsub.writing_resumed(self)
         self.listener.resume_writing(self)
 
@@ -242,7 +248,7 @@ class Connection(_accel.ProtocolCore):
     @property
     def topics(self) -> frozenset[str]:
         """The topics this connection is subscribed to."""
-        return frozenset(self._topics or ())
+        return frozenset() if self.server is None else self.server.pubsub.topics_of(self)
 
     def _pubsub(self) -> PubSub:
         if self.server is None:

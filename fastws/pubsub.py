@@ -95,6 +95,7 @@ class PubSub:
             ("published", "delivered", "dropped", "closed_slow", "received", "sent", "lost", "outages"), 0
         )
         self._subscribers: dict[str, set[Connection]] = {}
+        self._topics_of: dict[Connection, set[str]] = {}  # the other direction: a subscriber's topics
         self._pending: list[tuple[str, bytes, int, bytes]] = []  # (topic, frame, opcode, payload)
         self._flush_scheduled = False
         self._over: set[Connection] = set()  # found over the bound; cleared when their writing resumes
@@ -108,6 +109,11 @@ class PubSub:
         """Topics with at least one local subscriber (a live view)."""
         return self._subscribers.keys()
 
+    def topics_of(self, conn: Connection) -> frozenset[str]:
+        """The topics ``conn`` is subscribed to (what ``conn.topics`` returns)."""
+        topics = self._topics_of.get(conn)
+        return frozenset(topics) if topics else frozenset()
+
     def subscribers(self, topic: str) -> int:
         """How many local connections are subscribed to ``topic``."""
         members = self._subscribers.get(topic)
@@ -119,9 +125,9 @@ class PubSub:
             raise TypeError(f"topic must be str, not {type(topic).__name__}")
         if conn.state != OPEN:
             return False
-        topics = conn._topics
+        topics = self._topics_of.get(conn)
         if topics is None:
-            topics = conn._topics = set()
+            topics = self._topics_of[conn] = set()
         elif topic in topics:
             return False
         topics.add(topic)
@@ -136,18 +142,19 @@ class PubSub:
 
     def unsubscribe(self, conn: Connection, topic: str) -> bool:
         """Unsubscribe ``conn`` from ``topic``; False if it was not subscribed."""
-        topics = conn._topics
+        topics = self._topics_of.get(conn)
         if not topics or topic not in topics:
             return False
         topics.discard(topic)
+        if not topics:
+            del self._topics_of[conn]
         self._forget(conn, topic)
         return True
 
     def unsubscribe_all(self, conn: Connection) -> None:
         """Drop every subscription of ``conn`` (done when it closes)."""
-        topics = conn._topics
+        topics = self._topics_of.pop(conn, None)
         if topics:
-            conn._topics = None
             for topic in topics:
                 self._forget(conn, topic)
         self._over.discard(conn)
@@ -235,7 +242,7 @@ class PubSub:
                 slow.append(conn)
                 continue
             if conn.extension is None:
-                conn._write(data)
+                conn.write_frames(data)
             else:  # compressed connections need their own frames
                 for _, _, opcode, payload in run:
                     conn.send_frame(opcode, payload)

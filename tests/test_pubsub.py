@@ -139,13 +139,13 @@ def test_every_subscriber_is_written_the_same_bytes_object(run: Any) -> None:
             clients = [await join(server, joined, "/same") for _ in range(5)]
             written: list[bytes] = []
             for conn in server.connections:
-                write = conn._write
+                write = conn.write_frames
 
                 def record(data: bytes, write: Any = write) -> None:
                     written.append(data)
                     write(data)
 
-                conn._write = record
+                conn.write_frames = record  # what the hub writes with
             server.publish("same", b"x" * 1000)
             for ws in clients:
                 assert await wait(ws.recv()) == b"x" * 1000

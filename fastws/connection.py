@@ -12,9 +12,11 @@ both from C.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +129,8 @@ class Connection(_accel.ProtocolCore):
         # unmasked (server side), and not compressed unless for its own context.
         # Nothing is checked; applications use send().
         self.write_frames = transport.write
-        self._writelines = transport.writelines
+        if not _writelines_skips_flow_control(transport):
+            self._writelines = transport.writelines  # else the core writes each part
         self._on_message = listener.on_message
         if write_limit is not None:
             high, low = write_limit if isinstance(write_limit, tuple) else (write_limit, None)
@@ -291,6 +294,17 @@ class Connection(_accel.ProtocolCore):
 
     def __repr__(self) -> str:
         return f"<fastws.Connection {_addr(self.remote_address)} state={self.state}>"
+
+
+# CPython 3.12.0-3.12.8 and 3.13.0-3.13.1: the selector socket transport's own
+# writelines never pauses its protocol (gh-127655), so a sender would never be held
+# back and a peer that does not read could grow the write buffer without bound.
+_BUGGY_WRITELINES = (3, 12) <= sys.version_info[:3] < (3, 12, 9) or (3, 13) <= sys.version_info[:3] < (3, 13, 2)
+_SELECTOR_SOCKET_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
+
+
+def _writelines_skips_flow_control(transport: Any) -> bool:
+    return _BUGGY_WRITELINES and _SELECTOR_SOCKET_TRANSPORT is not None and isinstance(transport, _SELECTOR_SOCKET_TRANSPORT)
 
 
 def take_over_transport(transport: Any) -> Any:

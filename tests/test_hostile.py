@@ -150,6 +150,15 @@ class Peer:
         return frames
 
 
+async def connect_peer(listening: socket.socket, server: Any) -> tuple[Peer, Any]:
+    """A masked raw client with small buffers, through the handshake, and the server's side of it."""
+    peer = Peer(small_buffers(socket.socket()), masked=True)
+    peer.sock.connect(listening.getsockname())
+    await asyncio.to_thread(peer.client_handshake)
+    await until(lambda: bool(server.connections))
+    return peer, next(iter(server.connections))
+
+
 def last_pong(frames: list[Any]) -> int | None:
     pongs = [f for f in frames if f.opcode == 10]
     return int.from_bytes(pongs[-1].payload, "big") if pongs else None
@@ -182,11 +191,7 @@ def test_ping_flood_from_a_client_that_never_reads(run: Any, app: str) -> None:
     async def main() -> None:
         listening = listening_socket()
         async with await start(factory, sock=listening, ping_interval=None, write_limit=WRITE_LIMIT) as server:
-            peer = Peer(small_buffers(socket.socket()), masked=True)
-            peer.sock.connect(listening.getsockname())
-            await asyncio.to_thread(peer.client_handshake)
-            await until(lambda: bool(server.connections))
-            conn = next(iter(server.connections))
+            peer, conn = await connect_peer(listening, server)
             sent = 0
 
             async def flood_phase() -> None:
@@ -263,11 +268,7 @@ def test_echo_app_stops_reading_from_a_client_that_never_reads(run: Any) -> None
     async def main() -> None:
         listening = listening_socket()
         async with await fastws.create_server(EchoListener, sock=listening, ping_interval=None, write_limit=WRITE_LIMIT) as server:
-            peer = Peer(small_buffers(socket.socket()), masked=True)
-            peer.sock.connect(listening.getsockname())
-            await asyncio.to_thread(peer.client_handshake)
-            await until(lambda: bool(server.connections))
-            conn = next(iter(server.connections))
+            peer, conn = await connect_peer(listening, server)
             sent = 0
 
             async def flood_phase() -> None:
@@ -330,11 +331,7 @@ def flood_listener_echo(messages: list[bytes], **server_options: Any) -> Any:
     async def start() -> tuple[Any, Peer, Any, int, bytes]:
         listening = listening_socket()
         server = await fastws.create_server(EchoListener, sock=listening, write_limit=WRITE_LIMIT, **server_options)
-        peer = Peer(small_buffers(socket.socket()), masked=True)
-        peer.sock.connect(listening.getsockname())
-        await asyncio.to_thread(peer.client_handshake)
-        await until(lambda: bool(server.connections))
-        conn = next(iter(server.connections))
+        peer, conn = await connect_peer(listening, server)
         data = b"".join(frame(2, m, masked=True) for m in messages)
         sent = await asyncio.to_thread(peer.send_without_reading, data, lambda: not conn.transport.is_reading())
         assert sent < len(data) and conn.writing_paused

@@ -1,11 +1,14 @@
-"""Builds the optional Cython extension ``fastws._speedups`` from ``src_c/``.
+"""Builds the optional compiled modules of fastws.
 
-One module from parts: ``_speedups.pyx`` includes ``core.pyx`` (the protocol
-core) and ``transport.pyx`` (the asyncio transport); their declarations are
-``core.pxd`` and ``transport.pxd``, included by ``src_c/fastws/_speedups.pxd`` (where Cython looks for the module's own .pxd).
+``fastws._speedups`` is one module from parts: ``src_c/_speedups.pyx`` includes
+``core.pyx`` (the protocol core) and ``transport.pyx`` (the asyncio transport);
+their declarations are ``core.pxd`` and ``transport.pxd``, included by
+``src_c/fastws/_speedups.pxd`` (where Cython looks for the module's own .pxd).
+``fastws._rules_c`` is ``fastws/_rules.py`` compiled: the core's cold rules, which
+``_speedups`` imports.
 
-``FASTWS_EXTENSION=0`` skips it; ``=1`` makes a failed build an error; unset
-tries it and falls back to pure Python when there is no compiler.
+``FASTWS_EXTENSION=0`` skips both; ``=1`` makes a failed build an error; unset
+tries them and falls back to pure Python when there is no compiler.
 """
 
 import os
@@ -21,6 +24,13 @@ if mode != "0":
         if mode == "1":
             raise
     else:
+        directives = {
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        }
         ext_modules = cythonize(
             [
                 Extension(
@@ -32,13 +42,16 @@ if mode != "0":
                     extra_compile_args=["-O3"],
                 )
             ],
-            compiler_directives={
-                "language_level": "3",
-                "boundscheck": False,
-                "wraparound": False,
-                "cdivision": True,
-                "initializedcheck": False,
-            },
+            compiler_directives=directives,
+        )
+        # The cold rules, compiled from the very source the pure-Python twin imports
+        # (fastws/_rules.py) under another name, so that FASTWS_EXTENSION=0 still runs
+        # them interpreted. Annotations stay annotations: the rules check their own
+        # arguments, with their own messages. The C file goes to build/, not fastws/.
+        ext_modules += cythonize(
+            [Extension("fastws._rules_c", ["fastws/_rules.py"], extra_compile_args=["-O2"])],
+            build_dir="build/cython",
+            compiler_directives=dict(directives, annotation_typing=False, binding=True),
         )
         # cythonize() drops optional=True from the Extension it is given.
         for ext in ext_modules:

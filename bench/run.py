@@ -203,6 +203,31 @@ def install_fastws(py, venv):
         f.write("ok " + digest)
 
 
+def install_baseline(py, rev):
+    """fastws as it was at git revision ``rev``, built once into HOME/baseline-SHA/site
+    (a ``pip install --target`` tree put first on the baseline server's PYTHONPATH),
+    so that a change and what it replaces run side by side in one run.
+    Returns (short sha, site directory)."""
+    sha = subprocess.run(["git", "-C", REPO, "rev-parse", "--verify", rev + "^{commit}"], capture_output=True,
+                         text=True)
+    if sha.returncode != 0:
+        sys.exit("--baseline: %s is not a commit of this repository" % rev)
+    sha = sha.stdout.strip()
+    home = os.path.join(HOME, "baseline-" + sha[:12])
+    site, stamp = os.path.join(home, "site"), os.path.join(home, ".built")
+    if not os.path.exists(stamp):
+        shutil.rmtree(home, ignore_errors=True)
+        src = os.path.join(home, "src")
+        os.makedirs(src)
+        archive = subprocess.run(["git", "-C", REPO, "archive", sha], stdout=subprocess.PIPE, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+        log("building the baseline fastws %s into %s" % (sha[:12], site))
+        run_checked([py, "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", "--target", site, src],
+                    env=dict(os.environ, FASTWS_EXTENSION="1"))
+        open(stamp, "w").close()
+    return sha[:7], site
+
+
 def setup_node(args):
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
@@ -502,13 +527,17 @@ def summarize(server, case, reps, info):
     return s
 
 
-def add_ratios(rows):
+def add_ratios(rows, baseline=None):
+    """``KEY_vs_picows`` on every row; with a baseline, ``KEY_vs_baseline`` on fastws's rows."""
     ref = {r["case"]: r for r in rows if r["server"] == "picows"}
+    base = {r["case"]: r for r in rows if r["server"] == baseline}
     for r in rows:
-        p = ref.get(r["case"])
+        p, b = ref.get(r["case"]), base.get(r["case"]) if r["server"] == "fastws" else None
         for key in ("msgs_per_s", "msgs_per_cpu_s", "kib_per_conn"):
             if p and p.get(key) and r.get(key) is not None:
                 r[key + "_vs_picows"] = round(r[key] / p[key], 3)
+            if b and b.get(key) and r.get(key) is not None:
+                r[key + "_vs_baseline"] = round(r[key] / b[key], 3)
 
 
 def fmt(v, nd=0):
@@ -519,7 +548,7 @@ def fmt(v, nd=0):
     return ("{:,.%df}" % nd).format(v)
 
 
-def markdown(rows, meta, skipped):
+def markdown(rows, meta, skipped, baseline=None):
     out = ["# fastws load benchmark: %s run" % ("quick" if meta["quick"] else "full"), ""]
     out.append("- date: %s, commit `%s`, Python %s, CPU: %s (%d vCPUs)" % (
         meta["date"], meta["commit"], meta["python"], meta["cpu"], meta["ncpu"]))
@@ -559,6 +588,13 @@ def markdown(rows, meta, skipped):
             "%d%%" % round(100 * r["loadgen_cpu_frac"]) if r.get("loadgen_cpu_frac") is not None else "-",
             "%d%%" % round(100 * r["other_cpu_frac"]) if r.get("other_cpu_frac") is not None else "-",
             r["errors"]))
+    if baseline:
+        out += ["", "fastws against %s (the baseline) in this run, fastws ÷ baseline:" % baseline, "",
+                "| case | msgs/s | msgs/CPU-s |", "|---|---|---|"]
+        for r in rows:
+            if r["server"] == "fastws" and r.get("msgs_per_cpu_s_vs_baseline") is not None:
+                out.append("| %s | %s | %s |" % (r["case"], fmt(r.get("msgs_per_s_vs_baseline"), 2),
+                                                 fmt(r["msgs_per_cpu_s_vs_baseline"], 2)))
     idle = [r for r in rows if r["mode"] == "idle"]
     if idle:
         out += ["", "Idle connections (server memory per connection = RSS delta / N):", "",
@@ -587,6 +623,9 @@ def main():
     ap.add_argument("--realtime", action="store_true",
                     help="run the server and the loadgen as SCHED_FIFO (root): steadier numbers on a busy "
                          "machine, at the expense of everything else running there")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run fastws (compiled) as built from git revision REV, as server fastws@SHA, "
+                         "and report fastws's ratio to it per case")
     ap.add_argument("--setup-only", action="store_true", help="prepare the venv, ws and the loadgen, then exit")
     args = ap.parse_args()
 
@@ -625,6 +664,13 @@ def main():
     if args.setup_only:
         return 0
     commands = server_commands(py, node_modules)
+    baseline = None
+    if args.baseline:
+        short, site = install_baseline(py, args.baseline)
+        baseline = "fastws@" + short
+        commands[baseline] = ([py, "-u", os.path.join(SERVERS_DIR, "fastws_server.py")],
+                              {"FASTWS_EXTENSION": "1", "PYTHONPATH": site})
+        servers.append(baseline)
     skipped = {}
     if "ws" in servers and "ws" not in commands:
         skipped["ws"] = "node/npm or the ws package unavailable"
@@ -657,7 +703,7 @@ def main():
                                                                     or "no output")
                             log("  SKIP %s: %s" % (name, skipped[name]))
                             continue
-                        if name == "fastws" and srv.info.get("extension") is False:
+                        if name.startswith("fastws") and name != "fastws-py" and srv.info.get("extension") is False:
                             srv.stop()
                             skipped[name] = "the compiled extension is not in use (fastws.USING_EXTENSION is False)"
                             log("  SKIP %s: %s" % (name, skipped[name]))
@@ -681,8 +727,8 @@ def main():
         for name in servers:
             if (name, case.name) in results:
                 rows.append(summarize(name, case, results[(name, case.name)], infos.get(name, {})))
-    add_ratios(rows)
-    md = markdown(rows, meta, skipped)
+    add_ratios(rows, baseline)
+    md = markdown(rows, meta, skipped, baseline)
     print()
     print(md)
 
@@ -698,7 +744,7 @@ def main():
         with open(os.path.join(RESULTS, "runs.jsonl"), "a") as f:
             for r in rows:
                 f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
-        if not args.quick and not args.cases and not args.servers:
+        if not args.quick and not args.cases and not args.servers and not baseline:
             with open(os.path.join(RESULTS, "history.jsonl"), "a") as f:
                 for r in rows:
                     if r["server"] in ("fastws", "fastws-py", "picows"):

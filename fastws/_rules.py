@@ -3,11 +3,13 @@
 ``fastws/_pure.py`` and the compiled ``fastws._speedups`` (``src_c/core.pyx``)
 each hand-write only what runs per byte or per message: the streaming receive
 loop, unmasking and UTF-8 validation, frame encoding and ``send``. Everything
-else a ``ProtocolCore`` does is here, in ``CoreRules``, and both twins run these
-very function objects: the pure-Python class inherits from ``CoreRules`` and the
-compiled class (a ``cdef class``, which cannot) lists the same functions in its
-class body (``close = CoreRules.close``). ``tests/test_differential.py`` checks
-that every rule below is the same object on both classes.
+else a ``ProtocolCore`` does is here, in ``CoreRules``, and both twins run this
+source: the pure-Python class inherits from ``CoreRules``; the compiled class (a
+``cdef class``, which cannot) lists the same functions in its class body
+(``close = CoreRules.close``), taken from ``fastws._rules_c``, which is this file
+compiled by Cython (setup.py), so that FASTWS_EXTENSION=0 still interprets it.
+``tests/test_differential.py`` checks that every rule below is the one each class
+runs.
 
 The rules are: constructor options (``max_size``, ``max_fragments``),
 control frames (answering pings, the pong that waits while writing is paused,

@@ -3,7 +3,8 @@
 # again in fastws/_pure.py: the streaming receive loop, unmasking and UTF-8
 # validation into the message being assembled, frame encoding, send(). The
 # cold half (options, control frames, closing, argument checks) is
-# fastws._rules.CoreRules, whose functions the class body below lists.
+# fastws._rules.CoreRules, compiled from the same source as fastws._rules_c (setup.py),
+# whose functions the class body below lists.
 
 import os
 
@@ -18,8 +19,8 @@ from libc.stdint cimport uint8_t, uint64_t
 
 from kernels cimport fastws_mask, fastws_utf8_state, fastws_utf8_init, fastws_utf8_feed, fastws_utf8_complete
 
-from fastws import _rules, frames as _frames
-from fastws._rules import CoreRules, check_frame_args, check_limit, payload_type_error
+from fastws import _rules_c as _rules, frames as _frames
+from fastws._rules_c import CoreRules, check_frame_args, check_limit, payload_type_error
 from fastws.exceptions import PayloadTooBig, ProtocolError
 
 cdef extern from "Python.h":

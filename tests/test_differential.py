@@ -715,12 +715,19 @@ def test_protocol_core_16_mib_text_message(corrupt: bool) -> None:
 # every callback, and the state and closed_error() at the end.
 
 def test_the_cold_rules_are_one_source() -> None:
-    """Both ProtocolCore classes run the very functions of fastws._rules.CoreRules."""
+    """Both ProtocolCore classes run fastws/_rules.py's CoreRules: the pure one inherits it,
+    the compiled one lists the same functions compiled (fastws._rules_c, built from that file)."""
+    from fastws import _rules_c  # type: ignore[attr-defined]
+
+    assert not _rules_c.__file__.endswith(".py"), "fastws._rules_c is not compiled"
+    assert _rules_c.RULES == _rules.RULES
     for name in _rules.RULES:
         rule = _rules.CoreRules.__dict__[name]
         assert PY.ProtocolCore.__dict__.get(name, rule) is rule, f"fastws._pure.ProtocolCore overrides {name}"
         assert getattr(PY.ProtocolCore, name) is rule, name
-        assert C.ProtocolCore.__dict__[name] is rule, f"the compiled ProtocolCore does not use CoreRules.{name}"
+        compiled = _rules_c.CoreRules.__dict__[name]
+        assert C.ProtocolCore.__dict__[name] is compiled, f"the compiled ProtocolCore does not use CoreRules.{name}"
+        assert compiled.__qualname__ == rule.__qualname__ and compiled.__doc__ == rule.__doc__, name
     assert (C.OPEN, C.CLOSING, C.CLOSED) == (PY.OPEN, PY.CLOSING, PY.CLOSED) == (_rules.OPEN, _rules.CLOSING, _rules.CLOSED)
 
 

@@ -96,6 +96,11 @@ setup(
                    define_macros=[("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False, "linetrace": True},
+        force=True,  # a C file copied from the checkout was generated without line tracing
+    ) + cythonize(
+        [Extension("fastws._rules_c", ["fastws/_rules.py"], define_macros=[("CYTHON_TRACE", "1")])],
+        compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True, "linetrace": True},
+        force=True,
     ),
 )
 """

@@ -46,7 +46,9 @@ import time
 import traceback
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+from run import git_commit  # noqa: E402  (bench/run.py: HEAD, -dirty outside bench/results)
+
 RESULTS = os.path.join(BENCH, "results")
 MiB = 1024 * 1024
 ROLES = ("good", "slow", "reset", "ping")
@@ -924,18 +926,6 @@ def role_counts(total, mix, procs):
     counts["good"] = max(total - sum(counts[r] for r in ROLES if r != "good"), 0) if mix.get("good") else 0
     per = [{r: counts[r] // procs + (1 if i < counts[r] % procs else 0) for r in ROLES} for i in range(procs)]
     return counts, per
-
-
-def git_commit():
-    try:
-        c = subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no",
-                                "--", ".", ":(exclude)bench/results"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        return (c or "none") + ("-dirty" if dirty and c else "")
-    except OSError:
-        return "none"
 
 
 def lat_percentiles(hist):

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import fastws
-from _wsutil import echo_handler, expected_accept, parse_frames, scaled, upgrade_request
+from _wsutil import echo_handler, expected_accept, parse_frames, scaled, until, upgrade_request
 from fastws.apps import EchoListener
 
 WRITE_LIMIT = 2**16
@@ -37,15 +37,6 @@ KERNEL_BUFFER = 16384
 SLACK = 2**20
 STALL = 0.5  # a send blocked this long: time to ask whether the peer has stopped reading (a poll, not a bound)
 DEADLINE = scaled(30.0)
-
-
-async def until(predicate: Any, timeout: float = DEADLINE) -> None:
-    """Poll a condition that has no event of its own, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 def small_buffers(sock: socket.socket) -> socket.socket:
@@ -155,7 +146,7 @@ async def connect_peer(listening: socket.socket, server: Any) -> tuple[Peer, Any
     peer = Peer(small_buffers(socket.socket()), masked=True)
     peer.sock.connect(listening.getsockname())
     await asyncio.to_thread(peer.client_handshake)
-    await until(lambda: bool(server.connections))
+    await until(lambda: bool(server.connections), DEADLINE)
     return peer, next(iter(server.connections))
 
 
@@ -317,10 +308,10 @@ def test_peers_that_reset_with_data_in_flight_leave_nothing_open(run: Any) -> No
             port = server.sockets[0].getsockname()[1]
             baseline = open_fds()
             socks = await asyncio.to_thread(connect_all, port)
-            await until(lambda: len(server.connections) == peers)
+            await until(lambda: len(server.connections) == peers, DEADLINE)
             await asyncio.to_thread(reset_all, socks)
-            await until(lambda: not server.connections)
-            await until(lambda: open_fds() <= baseline)
+            await until(lambda: not server.connections, DEADLINE)
+            await until(lambda: open_fds() <= baseline, DEADLINE)
 
     run(main(), timeout=120)
 
@@ -383,7 +374,7 @@ def test_keepalive_still_closes_a_peer_that_takes_nothing(run: Any) -> None:
     async def main() -> None:
         server, peer, conn, _, _ = await flood_listener_echo(messages, ping_interval=0.2, ping_timeout=0.2, close_timeout=0.5)
         async with server:
-            await until(lambda: not server.connections)
+            await until(lambda: not server.connections, DEADLINE)
             assert conn.state == fastws.connection.CLOSED
             assert conn.close_code == 1011 and "keepalive" in conn.close_reason
             peer.sock.close()

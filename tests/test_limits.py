@@ -9,7 +9,7 @@ import tracemalloc
 from typing import Any
 
 import fastws
-from _wsutil import IO_TIMEOUT, RawClient, build_frame, echo_server, upgrade_request
+from _wsutil import IO_TIMEOUT, RawClient, build_frame, echo_server, until, upgrade_request
 
 MESSAGE = 2**20
 VOLUME = 2**30  # what the producer sends to the slow reader
@@ -17,15 +17,6 @@ VOLUME = 2**30  # what the producer sends to the slow reader
 
 async def wait(aw: Any, timeout: float = IO_TIMEOUT) -> Any:
     return await asyncio.wait_for(aw, timeout)
-
-
-async def until(predicate: Any, timeout: float = IO_TIMEOUT) -> None:
-    """Poll a condition that has no event of its own (transport state), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 def test_too_many_fragments_is_1009(run: Any) -> None:

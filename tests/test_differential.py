@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import fastws._pure as PY
+from _twins import feed_buffered, recorder
 from _wsutil import parse_frames, xor_mask
 from fastws import _rules
 from fastws.exceptions import ProtocolError
@@ -382,30 +383,7 @@ class IdentityExtension:
         return payload, False
 
 
-def _recorder(mod: Any) -> type:
-    class Recorder(mod.ProtocolCore):  # type: ignore[misc,name-defined]
-        """Every callback of the core, in order, in ``self.log``."""
-
-        def _on_ping(self, payload: bytes) -> None:
-            self.log.append(("ping", type(payload).__name__, bytes(payload)))
-
-        def _on_pong(self, payload: bytes) -> None:
-            self.log.append(("pong", type(payload).__name__, bytes(payload)))
-
-        def _on_close_frame(self, code: int, reason: str) -> None:
-            self.log.append(("close frame", code, reason))
-
-        def _close_transport(self) -> None:
-            self.log.append(("close transport",))
-
-        def _on_protocol_error(self, exc: Exception) -> None:
-            self.log.append(("protocol error", type(exc).__name__, exc.code, str(exc)))  # type: ignore[attr-defined]
-            super()._on_protocol_error(exc)
-
-    return Recorder
-
-
-RECORDERS = {"py": _recorder(PY), "c": _recorder(C)}
+RECORDERS = {"py": recorder(PY), "c": recorder(C)}
 
 
 def written(data: bytes, client: bool) -> tuple[Any, ...]:
@@ -434,16 +412,7 @@ def run_core(
     core._on_message = lambda c, data, is_text: log.append(("message", type(data).__name__, bytes(data), is_text))
     for i, chunk in enumerate(chunks):
         if feed == "buffer" and which == "c":
-            # The BufferedProtocol path: read into the core's buffer, then buffer_updated.
-            view = memoryview(chunk)
-            while True:
-                buf = core.get_buffer(len(view))
-                n = min(len(buf), len(view))
-                buf[:n] = view[:n]
-                core.buffer_updated(n)
-                view = view[n:]
-                if not view:
-                    break
+            feed_buffered(core, chunk)
         else:
             core.receive_data(BUFFER_KINDS["memoryview" if feed == "memoryview" else "bytearray" if feed == "bytearray" else "bytes"](chunk))
         log.append(("end of chunk", i))

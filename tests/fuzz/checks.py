@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +40,9 @@ from fastws.extensions.permessage_deflate import (
     server_extension_factory,
 )
 from fastws.handshake import ClientHandshake, HeadReader, ServerHandshake, accept_key, http_response
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for _twins
+from _twins import feed_buffered, recorder  # noqa: E402
 
 # The differential check is the point of the frames harness: without the
 # compiled twin it would compare pure Python with itself, so a missing
@@ -157,28 +162,7 @@ def parse_written(data: bytes, masked: bool) -> list[tuple[Any, ...]]:
     return out
 
 
-def _recorder(mod: Any) -> type:
-    class Recorder(mod.ProtocolCore):  # type: ignore[misc,name-defined]
-        def _on_ping(self, payload: Any) -> None:
-            self.log.append(("ping", bytes(payload)))
-
-        def _on_pong(self, payload: Any) -> None:
-            self.log.append(("pong", bytes(payload)))
-
-        def _on_close_frame(self, code: int, reason: str) -> None:
-            self.log.append(("close frame", code, reason))
-
-        def _close_transport(self) -> None:
-            self.log.append(("close transport",))
-
-        def _on_protocol_error(self, exc: Exception) -> None:
-            self.log.append(("protocol error", type(exc).__name__, getattr(exc, "code", None), str(exc)))
-            super()._on_protocol_error(exc)
-
-    return Recorder
-
-
-RECORDERS = {name: _recorder(mod) for name, mod in TWINS.items()}
+RECORDERS = {name: recorder(mod) for name, mod in TWINS.items()}
 
 
 def run_core(twin: str, chunks: list[bytes], client: bool, opts: dict[str, Any]) -> list[Any]:
@@ -192,15 +176,7 @@ def run_core(twin: str, chunks: list[bytes], client: bool, opts: dict[str, Any])
     core._on_message = lambda c, data, is_text: log.append(("message", type(data).__name__, bytes(data), is_text))
     for chunk in chunks:
         if opts["buffer"] and twin == "c":
-            view = memoryview(chunk)
-            while True:
-                buf = core.get_buffer(len(view))
-                n = min(len(buf), len(view))
-                buf[:n] = view[:n]
-                core.buffer_updated(n)
-                view = view[n:]
-                if not view:
-                    break
+            feed_buffered(core, chunk)
         else:
             core.receive_data(chunk)
         log.append(("chunk",))

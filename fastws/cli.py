@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, USING_EXTENSION
+from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, TLS_AVAILABLE, USING_EXTENSION
 from ._version import __version__
 from .client import connect
 from .connection import Listener
@@ -48,7 +48,11 @@ def version_text() -> str:
         path = f"compiled extension ({IMPLEMENTATION}, kernels: {KERNEL_ISA}{forced})"
     else:
         path = "pure Python (no compiled extension)"
-    return f"fastws {__version__}\nhot path: {path}\nevent loop: {event_loop_name()}\npython: {sys.version.split()[0]}"
+    tls = f"fastws's own transport ({ssl_module.OPENSSL_VERSION})" if TLS_AVAILABLE else "the event loop's SSL transport"
+    return (
+        f"fastws {__version__}\nhot path: {path}\nevent loop: {event_loop_name()}\ntls: {tls}\n"
+        f"python: {sys.version.split()[0]}"
+    )
 
 
 class UsageError(Exception):

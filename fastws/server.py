@@ -244,8 +244,7 @@ class Server:
         self.handshake = handshake
         self.process_request = process_request
         self.open_timeout = open_timeout
-        #: The TLS context for new connections (None: plain ws://); replacing it
-        #: (``reload_tls``) changes nothing for connections already open.
+        #: The TLS context for new connections (None: plain ws://); see ``set_ssl_context``.
         self.ssl: ssl_module.SSLContext | None = None
         self.pubsub = pubsub if pubsub is not None else PubSub()  # topics: conn.subscribe(), server.publish()
         self._server: asyncio.Server | None = None
@@ -280,6 +279,20 @@ class Server:
         Synchronous (callable from ``Listener.on_message``); see ``fastws.pubsub.PubSub.publish``.
         """
         self.pubsub.publish(topic, message, text)
+
+    def set_ssl_context(self, context: ssl_module.SSLContext) -> None:
+        """Serve new connections with ``context`` (a renewed certificate); open ones keep theirs.
+
+        Each connection's TLS session is made from the server's context when
+        it is accepted, so replacing the context (rather than loading new
+        files into the one in use, which a bad key would leave half-changed)
+        never touches a connection already open. For a TLS server only.
+        """
+        if self.ssl is None:
+            raise ValueError("set_ssl_context(): this server does not serve TLS")
+        if not isinstance(context, ssl_module.SSLContext):
+            raise TypeError(f"set_ssl_context() needs an ssl.SSLContext, not {type(context).__name__}")
+        self.ssl = context
 
     def _add_connection(self, conn: Connection) -> None:
         self._connections.add(conn)

@@ -114,6 +114,7 @@ class SocketTransport:
     def write(self, data: _BytesLike) -> None: ...
     def writelines(self, list_of_data: Iterable[_BytesLike]) -> None: ...
 
+@disjoint_base
 class TLSTransport(SocketTransport):
     """SocketTransport for TLS: OpenSSL in C on the SSL* of ``sslobject`` (the compiled path only)."""
 

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 import fastws
-from _wsutil import IO_TIMEOUT, build_frame, echo_handler, port_of, scaled, until
+from _wsutil import IO_TIMEOUT, build_frame, echo_handler, port_of, raw_server, scaled, until
 from fastws import _accel
 
 
@@ -367,3 +367,25 @@ def test_many_small_messages_in_one_read(run: Any, ca: trustme.CA) -> None:
                     assert await asyncio.wait_for(ws.recv(), IO_TIMEOUT) == f"m{i}"
 
     run(main())
+
+
+def test_client_handshake_that_stalls_is_bounded_by_open_timeout(run: Any, ca: trustme.CA) -> None:
+    """A server that accepts TCP and never answers the ClientHello: OpenTimeout, nothing left open."""
+
+    async def silent(peer: Any) -> None:
+        await peer.read_all_until_eof()  # the ClientHello, then the client giving up
+
+    async def main() -> None:
+        async with raw_server(silent) as port:
+            await warm_up_loop()
+            baseline = open_fds()
+            with pytest.raises(fastws.OpenTimeout):
+                await fastws.connect(f"wss://127.0.0.1:{port}/", ssl=client_context_for(ca), open_timeout=scaled(0.3))
+            await until(lambda: open_fds() <= baseline, what="the client's descriptors closed")
+
+    run(main())
+
+
+async def warm_up_loop() -> None:
+    """The loop's lazily made descriptors (resolver, self-pipe) exist before a baseline is taken."""
+    await asyncio.get_running_loop().getaddrinfo("127.0.0.1", 0)

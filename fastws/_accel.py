@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+
 __all__ = [
     "USING_EXTENSION",
     "IMPLEMENTATION",
@@ -26,6 +30,9 @@ __all__ = [
     "frame_header",
     "broadcast",
     "SocketTransport",
+    "TLSTransport",
+    "tls_attachable",
+    "TLS_AVAILABLE",
     "OPEN",
     "CLOSING",
     "CLOSED",
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
         OPEN,
         ProtocolCore,
         SocketTransport as _SocketTransport,
+        TLSTransport as _TLSTransport,
         Utf8Validator,
         apply_mask,
         broadcast,
@@ -52,6 +60,9 @@ if TYPE_CHECKING:
     KERNEL_ISA: str
     KERNEL_ISA_FORCED: bool
     SocketTransport: type[_SocketTransport] | None
+    TLSTransport: type[_TLSTransport] | None
+    tls_attachable: Callable[[ssl.SSLObject], bool] | None
+    TLS_AVAILABLE: bool
 else:
     _MODE = os.environ.get("FASTWS_EXTENSION", "").strip()
     if _MODE not in ("", "0", "1"):
@@ -90,4 +101,8 @@ else:
     # The compiled path's own transport for open connections (None in pure Python:
     # the event loop's transports serve).
     SocketTransport = getattr(_impl, "SocketTransport", None)
+    # Its TLS twin, and whether it can run a given SSLObject (None in pure Python).
+    TLSTransport = getattr(_impl, "TLSTransport", None)
+    tls_attachable = getattr(_impl, "tls_attachable", None)
+    TLS_AVAILABLE = getattr(_impl, "TLS_AVAILABLE", False)
     OPEN, CLOSING, CLOSED = _impl.OPEN, _impl.CLOSING, _impl.CLOSED

@@ -8,6 +8,7 @@
 # (python -m mypy.stubtest fastws._speedups, from outside the checkout).
 
 import asyncio
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -112,3 +113,21 @@ class SocketTransport:
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
     def write(self, data: _BytesLike) -> None: ...
     def writelines(self, list_of_data: Iterable[_BytesLike]) -> None: ...
+
+@disjoint_base
+class TLSTransport(SocketTransport):
+    """SocketTransport for TLS: OpenSSL in C on the SSL* of ``sslobject`` (the compiled path only)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        extra: dict[str, Any],
+        sslobject: ssl.SSLObject,
+        context: ssl.SSLContext,
+        on_handshake: Callable[[BaseException | None], object],
+    ) -> None: ...
+
+TLS_AVAILABLE: Final[bool]
+
+def tls_attachable(sslobject: ssl.SSLObject) -> bool: ...

@@ -19,10 +19,10 @@ import ssl as ssl_module
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, USING_EXTENSION
+from ._accel import IMPLEMENTATION, KERNEL_ISA, KERNEL_ISA_FORCED, TLS_AVAILABLE, USING_EXTENSION
 from ._version import __version__
 from .client import connect
 from .connection import Listener
@@ -48,7 +48,11 @@ def version_text() -> str:
         path = f"compiled extension ({IMPLEMENTATION}, kernels: {KERNEL_ISA}{forced})"
     else:
         path = "pure Python (no compiled extension)"
-    return f"fastws {__version__}\nhot path: {path}\nevent loop: {event_loop_name()}\npython: {sys.version.split()[0]}"
+    tls = f"fastws's own transport ({ssl_module.OPENSSL_VERSION})" if TLS_AVAILABLE else "the event loop's SSL transport"
+    return (
+        f"fastws {__version__}\nhot path: {path}\nevent loop: {event_loop_name()}\ntls: {tls}\n"
+        f"python: {sys.version.split()[0]}"
+    )
 
 
 class UsageError(Exception):
@@ -96,19 +100,51 @@ def load_app(spec: str) -> App:
     return app
 
 
-def make_ssl_context(certfile: str | None, keyfile: str | None) -> ssl_module.SSLContext | None:
-    if keyfile and not certfile:
-        raise UsageError("--ssl-keyfile needs --ssl-certfile")
-    if not certfile:
+@dataclass(frozen=True)
+class TLSFiles:
+    """The ``--ssl-*`` options: read again by ``make_ssl_context`` on each (re)load."""
+
+    certfile: str
+    keyfile: str | None = None
+    password: str | None = None
+    ca_certs: str | None = None
+    cert_reqs: int = ssl_module.CERT_NONE
+    ciphers: str | None = None
+
+
+def tls_files(args: argparse.Namespace) -> TLSFiles | None:
+    """The TLS options given, checked; None without ``--ssl-certfile``."""
+    if not args.ssl_certfile:
+        for option in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_ciphers"):
+            if getattr(args, option):
+                raise UsageError(f"--{option.replace('_', '-')} needs --ssl-certfile")
+        if args.ssl_cert_reqs != ssl_module.CERT_NONE:
+            raise UsageError("--ssl-cert-reqs needs --ssl-certfile")
         return None
-    for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+    for option, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile), ("--ssl-ca-certs", args.ssl_ca_certs)):
         if path and not os.path.isfile(path):
             raise UsageError(f"{option}: no such file: {path}")
+    return TLSFiles(args.ssl_certfile, args.ssl_keyfile, args.ssl_keyfile_password, args.ssl_ca_certs, args.ssl_cert_reqs, args.ssl_ciphers)
+
+
+def make_ssl_context(files: TLSFiles) -> ssl_module.SSLContext:
+    """A new server context from the files as they are now; UsageError when they do not load."""
     context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(certfile, keyfile)
+        context.load_cert_chain(files.certfile, files.keyfile, files.password)
     except (ssl_module.SSLError, OSError) as exc:
-        raise UsageError(f"cannot load the certificate {certfile} (key {keyfile or 'in the same file'}): {exc}") from None
+        raise UsageError(f"cannot load the certificate {files.certfile} (key {files.keyfile or 'in the same file'}): {exc}") from None
+    if files.ca_certs:
+        try:
+            context.load_verify_locations(files.ca_certs)
+        except (ssl_module.SSLError, OSError) as exc:
+            raise UsageError(f"--ssl-ca-certs: cannot load {files.ca_certs}: {exc}") from None
+    context.verify_mode = ssl_module.VerifyMode(files.cert_reqs)
+    if files.ciphers:
+        try:
+            context.set_ciphers(files.ciphers)
+        except ssl_module.SSLError as exc:
+            raise UsageError(f"--ssl-ciphers: {exc}") from None
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -121,6 +157,7 @@ class ServeConfig:
     workers: int
     ssl: ssl_module.SSLContext | None
     use_uvloop: bool | None
+    tls: TLSFiles | None = None  # what SIGHUP reloads
     options: dict[str, Any] = field(default_factory=dict)  # passed to create_server / serve
 
     @property
@@ -151,14 +188,16 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         except (ValueError, ImportError) as exc:
             raise UsageError(f"--broker: {exc}") from None
         options["broker"] = args.broker
+    tls = tls_files(args)
     return ServeConfig(
         app=load_app(args.app),
         host=args.host,
         port=args.port,
         workers=args.workers,
-        ssl=make_ssl_context(args.ssl_certfile, args.ssl_keyfile),
+        ssl=make_ssl_context(tls) if tls is not None else None,
         use_uvloop=loop_choice(args.loop),
         options=options,
+        tls=tls,
     )
 
 
@@ -195,6 +234,8 @@ async def run_server(
     stops when its supervisor is gone.
     """
     extra_headers = [(WORKER_HEADER, str(os.getpid()))] if worker else []
+    if worker and config.tls is not None:  # a worker started after a reload reads the files as they are now
+        config = replace(config, ssl=make_ssl_context(config.tls))
     server = await start_server(config, port, reuse_port=worker, extra_headers=extra_headers)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -205,6 +246,8 @@ async def run_server(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
+    if config.tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_tls, server, config.tls)
     if worker:
         parent = os.getppid()
 
@@ -221,6 +264,16 @@ async def run_server(
     logger.info("shutting down: closing %d connections with 1001", len(server.connections))
     server.close(1001, "server shutting down")
     await server.wait_closed()
+
+
+def reload_tls(server: Server, files: TLSFiles) -> None:
+    """SIGHUP: the certificate and key as the files are now, for new connections."""
+    try:
+        server.set_ssl_context(make_ssl_context(files))
+    except UsageError as exc:
+        logger.error("TLS reload failed, keeping the certificate in use: %s", exc)
+    else:
+        logger.info("reloaded the TLS certificate %s for new connections", files.certfile)
 
 
 def listening_urls(server: Server, scheme: str) -> list[str]:
@@ -386,6 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--ssl-certfile", help="certificate chain (PEM): serve wss://")
     serve_parser.add_argument("--ssl-keyfile", help="private key (PEM), if not in the certificate file")
+    serve_parser.add_argument("--ssl-keyfile-password", help="password of an encrypted private key")
+    serve_parser.add_argument("--ssl-ca-certs", help="CA certificates (PEM) that client certificates are verified against")
+    serve_parser.add_argument(
+        "--ssl-cert-reqs",
+        type=int,
+        choices=[ssl_module.CERT_NONE, ssl_module.CERT_OPTIONAL, ssl_module.CERT_REQUIRED],
+        default=ssl_module.CERT_NONE,
+        help="client certificates: 0 not asked (default), 1 optional, 2 required (mTLS)",
+    )
+    serve_parser.add_argument("--ssl-ciphers", help="OpenSSL cipher list for TLS 1.2 and below (default: Python's)")
     serve_parser.add_argument("--compression", choices=["off", "deflate"], help="permessage-deflate (default off)")
     serve_parser.add_argument("--max-size", type=non_negative(int), default=MAX_SIZE, help=MAX_SIZE_HELP)
     serve_parser.add_argument(

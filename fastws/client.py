@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .connection import Connection, Listener, take_over_transport
+from .connection import Connection, Listener, own_tls_available, start_own_tls, take_over_transport
 from .defaults import (
     BACKOFF_FACTOR,
     BACKOFF_INITIAL,
@@ -71,14 +71,19 @@ class _HandshakeProtocol(asyncio.Protocol):
     (reading paused until a ``Connection`` takes over) or with its error.
     """
 
-    __slots__ = ("opening", "done", "transport")
+    __slots__ = ("opening", "done", "transport", "tls_first")
 
-    def __init__(self, opening: ClientOpening, done: asyncio.Future[None]) -> None:
+    def __init__(self, opening: ClientOpening, done: asyncio.Future[None], tls_first: bool = False) -> None:
         self.opening = opening
         self.done = done
         self.transport: asyncio.Transport | None = None
+        self.tls_first = tls_first  # TCP first, then fastws's own TLS transport calls connection_made again
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.tls_first:
+            self.tls_first = False
+            cast(asyncio.Transport, transport).pause_reading()
+            return
         self.transport = cast(asyncio.Transport, transport)  # a stream's (uvloop's are not asyncio.Transport subclasses)
         self.transport.write(self.opening.request_bytes)
 
@@ -160,13 +165,46 @@ async def create_connection(
         kwargs["host"], kwargs["port"] = target.host, target.port
 
     async def open_connection() -> asyncio.Transport:
-        transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(opening, done), **kwargs)
+        transport = await open_own_tls() if ssl else None
+        if transport is None:
+            transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(opening, done), **kwargs)
         try:
             await done
         except BaseException:
             transport.abort()
             raise
         return transport
+
+    async def open_own_tls() -> asyncio.Transport | None:
+        """TCP, then TLS on fastws's own transport; None (nothing opened) where that is not available."""
+        if not own_tls_available():
+            return None
+        assert isinstance(ssl, ssl_module.SSLContext)
+        plain = {key: value for key, value in kwargs.items() if key not in ("ssl", "server_hostname")}
+        protocol = _HandshakeProtocol(opening, done, tls_first=True)
+        raw, _ = await loop.create_connection(lambda: protocol, **plain)
+        handshake: asyncio.Future[None] = loop.create_future()
+
+        def on_handshake(exc: BaseException | None) -> None:
+            if not handshake.done():
+                handshake.set_exception(exc) if exc is not None else handshake.set_result(None)
+
+        own = start_own_tls(raw, ssl, server_side=False, server_hostname=kwargs["server_hostname"], on_handshake=on_handshake)
+        if own is None:  # cannot drive this context after all: the loop's TLS on this TCP stream
+            raw.resume_reading()
+            tls = await loop.start_tls(raw, protocol, ssl, server_side=False, server_hostname=kwargs["server_hostname"])
+            assert tls is not None
+            protocol.connection_made(tls)
+            return tls
+        try:
+            await handshake
+        except BaseException:
+            own.abort()
+            raise
+        own.set_protocol(protocol)
+        protocol.connection_made(own)
+        own.resume_reading()
+        return cast(asyncio.Transport, own)
 
     try:
         async with asyncio.timeout(open_timeout) as deadline:

@@ -6,7 +6,8 @@ event loop into the frame parser and out to ``Listener.on_message`` with no
 Python frame in between, and ``Connection.send`` writes at once. On the
 compiled path a plain socket's connection also moves to the extension's own
 transport (``take_over_transport``): recv() into the parser and send() out,
-both from C.
+both from C; a TLS connection is on the extension's ``TLSTransport`` from its
+first byte (``start_own_tls``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import asyncio.selector_events
 import logging
 import os
 import socket
+import ssl
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _accel
@@ -184,6 +186,7 @@ class Connection(_accel.ProtocolCore):
         return None  # let the transport close: a WebSocket has no half-close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        was_open = self.state == OPEN
         self.connection_closed()
         if self._abort_handle is not None:
             self._abort_handle.cancel()
@@ -193,6 +196,10 @@ class Connection(_accel.ProtocolCore):
             self.server.pubsub.unsubscribe_all(self)  # the hub keeps the subscriptions
         if self.failure is not None:
             self.logger.info("%s: closed the connection: %s", _addr(self.remote_address), self.failure)
+        elif was_open and (isinstance(exc, ssl.SSLError) or self.transport.get_extra_info("ssl_object") is not None):
+            # A TLS peer gone without a closing handshake: perhaps mid-record, which
+            # the loop's SSL transport reports as a plain EOF (None) and ours as an SSLError.
+            self.logger.info("%s: TLS connection lost without a closing handshake: %s", _addr(self.remote_address), exc or "EOF")
         try:
             self.listener.on_close(self, self.close_code or 1006, self.close_reason)  # connection_closed() set it
         finally:
@@ -325,6 +332,45 @@ def take_over_transport(transport: Any) -> Any:
     extra = {name: transport.get_extra_info(name) for name in ("peername", "sockname")}
     transport.abort()
     return _accel.SocketTransport(asyncio.get_running_loop(), fd, extra)
+
+
+def own_tls_available() -> bool:
+    """Whether TLS connections run on fastws's own transport here (compiled, with OpenSSL)."""
+    return _accel.TLS_AVAILABLE
+
+
+def start_own_tls(
+    transport: Any,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: str | None = None,
+    on_handshake: Callable[[BaseException | None], object],
+) -> Any:
+    """Move a just-opened TCP connection to the extension's ``TLSTransport``; None if it cannot.
+
+    The TLS handshake then runs on fastws's own transport (OpenSSL from C on
+    an ``SSLObject`` that ``context`` made, so everything the context holds
+    applies) and ``on_handshake(None)`` or ``on_handshake(exc)`` reports its
+    end. None (nothing done) in pure Python, in a build without OpenSSL, or
+    when the extension cannot drive this Python's ``ssl`` objects: the caller
+    uses the event loop's SSL transport instead.
+    """
+    if not _accel.TLS_AVAILABLE or _accel.TLSTransport is None or _accel.tls_attachable is None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM or transport.get_write_buffer_size():
+        return None
+    sslobject = context.wrap_bio(
+        ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=server_side, server_hostname=server_hostname
+    )
+    if not _accel.tls_attachable(sslobject):
+        return None
+    fd = os.dup(sock.fileno())
+    extra = {name: transport.get_extra_info(name) for name in ("peername", "sockname")}
+    transport.set_protocol(asyncio.Protocol())  # its connection_lost is no news to the caller
+    transport.abort()
+    return _accel.TLSTransport(asyncio.get_running_loop(), fd, extra, sslobject, context, on_handshake)
 
 
 def broadcast(connections: Iterable[Connection], message: str | bytes) -> int:

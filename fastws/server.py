@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .connection import OPEN, Connection, Listener, _addr, take_over_transport
+from .connection import OPEN, Connection, Listener, _addr, start_own_tls, take_over_transport
 from .defaults import (
     CLOSE_TIMEOUT,
     MAX_FRAGMENTS,
@@ -53,9 +54,11 @@ class _HandshakeProtocol(asyncio.Protocol):
 
     Feeds it the bytes, writes what it answers, keeps the open timeout, and once
     it accepted hands the transport to a ``Connection`` with what it negotiated.
+    On a TLS server it first runs the TLS handshake on the accepted TCP
+    connection (``_start_tls``), within the same open timeout.
     """
 
-    __slots__ = ("server", "opening", "transport", "timer", "peer")
+    __slots__ = ("server", "opening", "transport", "timer", "peer", "tls_task")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -63,14 +66,73 @@ class _HandshakeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.peer: Any = None
+        self.tls_task: asyncio.Future[None] | None = None  # the loop's TLS handshake (see _start_tls)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # a stream's (uvloop's are not asyncio.Transport subclasses)
+        if self.tls_task is not None:
+            return  # the loop's SSL transport after its handshake (_loop_tls): the timer runs already
         self.peer = transport.get_extra_info("peername")
         self.server._handshakes.add(self)
         timeout = self.server.open_timeout
         if timeout is not None:
             self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+        if self.server.ssl is not None:
+            self._start_tls(self.server.ssl)
+
+    # -- TLS: fastws's own transport on the compiled path, else the loop's --------
+
+    def _start_tls(self, context: ssl_module.SSLContext) -> None:
+        """Run the TLS handshake on the TCP connection just accepted.
+
+        Either on fastws's own ``TLSTransport`` (compiled, with OpenSSL), or on
+        the loop's SSL transport over a duplicate of the socket
+        (``connect_accepted_socket``, whose protocol is in place before its
+        first read: uvloop starts reading after ``connection_made`` even when
+        it paused, so a ``start_tls`` here could miss the ClientHello). Either
+        way failures are ours to see and log, and the open timeout bounds it.
+        """
+        raw = self.transport
+        assert raw is not None
+        own = start_own_tls(raw, context, server_side=True, on_handshake=self._own_tls_done)
+        if own is not None:
+            self.transport = own
+            return
+        sock = raw.get_extra_info("socket")
+        duplicate = socket.socket(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
+        raw.set_protocol(asyncio.Protocol())  # its connection_lost is not ours
+        raw.abort()
+        self.transport = None
+        self.tls_task = asyncio.ensure_future(self._loop_tls(duplicate, context))
+        self.server._track(self.tls_task)
+
+    def _own_tls_done(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            self._tls_failed(exc, quiet=self.transport is None)  # None: our own timeout aborted it
+            return
+        transport = self.transport
+        assert transport is not None
+        transport.set_protocol(self)
+        transport.resume_reading()
+
+    async def _loop_tls(self, sock: socket.socket, context: ssl_module.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: self, sock, ssl=context)  # calls connection_made again
+        except asyncio.CancelledError:
+            self._finish()  # the open timeout or the server's close: said already
+        except Exception as exc:
+            self._tls_failed(exc, quiet=False)
+        finally:
+            self.tls_task = None
+
+    def _tls_failed(self, exc: BaseException, *, quiet: bool) -> None:
+        if not quiet and not self.server._closing:
+            logger.info("%s: TLS handshake failed: %s", _addr(self.peer), exc or type(exc).__name__)
+        self._finish()
+        self.transport = None
+
+    # -- the HTTP upgrade ----------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         state = self.opening.receive_data(data)
@@ -143,8 +205,11 @@ class _HandshakeProtocol(asyncio.Protocol):
         logger.info("%s: no complete handshake within %s s; closing", _addr(self.peer), self.server.open_timeout)
         self.timer = None
         self._finish()
-        if self.transport is not None:
-            self.transport.abort()
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+        if self.tls_task is not None:
+            self.tls_task.cancel()
 
     def _finish(self) -> None:
         if self.timer is not None:
@@ -179,6 +244,8 @@ class Server:
         self.handshake = handshake
         self.process_request = process_request
         self.open_timeout = open_timeout
+        #: The TLS context for new connections (None: plain ws://); see ``set_ssl_context``.
+        self.ssl: ssl_module.SSLContext | None = None
         self.pubsub = pubsub if pubsub is not None else PubSub()  # topics: conn.subscribe(), server.publish()
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
@@ -213,6 +280,20 @@ class Server:
         """
         self.pubsub.publish(topic, message, text)
 
+    def set_ssl_context(self, context: ssl_module.SSLContext) -> None:
+        """Serve new connections with ``context`` (a renewed certificate); open ones keep theirs.
+
+        Each connection's TLS session is made from the server's context when
+        it is accepted, so replacing the context (rather than loading new
+        files into the one in use, which a bad key would leave half-changed)
+        never touches a connection already open. For a TLS server only.
+        """
+        if self.ssl is None:
+            raise ValueError("set_ssl_context(): this server does not serve TLS")
+        if not isinstance(context, ssl_module.SSLContext):
+            raise TypeError(f"set_ssl_context() needs an ssl.SSLContext, not {type(context).__name__}")
+        self.ssl = context
+
     def _add_connection(self, conn: Connection) -> None:
         self._connections.add(conn)
         conn.closed.add_done_callback(lambda _: self._connections.discard(conn))
@@ -234,6 +315,8 @@ class Server:
         for handshake in list(self._handshakes):
             if handshake.transport is not None:
                 handshake.transport.abort()
+            if handshake.tls_task is not None:
+                handshake.tls_task.cancel()
         for conn in list(self._connections):
             if conn.state == OPEN:
                 conn.close(code, reason)
@@ -345,7 +428,8 @@ async def create_server(
     ``slow_subscriber`` (``"drop"`` its new messages, or ``"close"`` it with 1013).
     """
     server = _build_server(listener_factory, **options)
-    kwargs: dict[str, Any] = {"ssl": ssl, "backlog": backlog, "reuse_port": reuse_port}
+    server.ssl = ssl  # TLS runs per connection on the accepted TCP stream (see _HandshakeProtocol)
+    kwargs: dict[str, Any] = {"backlog": backlog, "reuse_port": reuse_port}
     if sock is not None:
         kwargs["sock"] = sock
     await server._start(host, port, **kwargs)

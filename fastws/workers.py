@@ -3,7 +3,9 @@
 The supervisor forks ``count`` workers; each one opens its own listening socket
 with ``SO_REUSEPORT`` on the same port and the kernel spreads new connections
 over them. A worker that dies is replaced. SIGTERM or SIGINT stops the workers
-with SIGTERM (each closes its connections itself) and waits for them.
+with SIGTERM (each closes its connections itself) and waits for them. SIGHUP is
+passed on to every worker (which ignores it unless it handles it: fastws serve
+reloads its TLS certificate).
 
 The supervisor keeps a bound, non-listening ``SO_REUSEPORT`` socket on each
 address: that turns port 0 into one real port for every worker, finds a port
@@ -36,6 +38,8 @@ logger = logging.getLogger("fastws.workers")
 WorkerTarget = Callable[[int, Callable[[Any], None]], int]
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Passed on to every worker (fastws serve reloads its TLS certificate on it).
+_RELOAD_SIGNAL = signal.SIGHUP
 RESTART_DELAY = 1.0  # a worker that dies younger than this is restarted after this delay
 
 
@@ -98,6 +102,7 @@ class Supervisor:
         self._workers: dict[int, _Worker] = {}  # by sentinel
         self._restarts: list[float] = []  # when each pending replacement is due
         self._stopping = False
+        self._reload = False  # SIGHUP came: pass it on
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
         self._reserved: list[socket.socket] = []
@@ -112,7 +117,7 @@ class Supervisor:
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
         previous_wakeup = signal.set_wakeup_fd(self._wake_writer.fileno())
-        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (*_STOP_SIGNALS, _RELOAD_SIGNAL)}
         try:
             infos = self._start_all()
             if infos is not None:
@@ -128,17 +133,20 @@ class Supervisor:
         return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._stopping = True
+        if signum == _RELOAD_SIGNAL:
+            self._reload = True
+        else:
+            self._stopping = True
 
     def _spawn(self) -> _Worker:
         reports, report_end = self._context.Pipe(duplex=False)
         process = self._context.Process(target=self._worker_main, args=(report_end,), name="fastws-worker")
         # Blocked across fork(): a stop signal reaches the child once its own handlers are in place.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {*_STOP_SIGNALS, _RELOAD_SIGNAL})
         try:
             process.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {*_STOP_SIGNALS, _RELOAD_SIGNAL})
         report_end.close()  # the worker holds the only writing end: EOF means it is gone
         worker = _Worker(process, reports, time.monotonic())
         self._workers[process.sentinel] = worker
@@ -149,7 +157,8 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.signal(_RELOAD_SIGNAL, signal.SIG_IGN)  # until the worker's own handler (if it has one)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*_STOP_SIGNALS, _RELOAD_SIGNAL})
         for sock in (*self._reserved, self._wake_reader, self._wake_writer):
             if sock is not None:
                 sock.close()
@@ -219,6 +228,10 @@ class Supervisor:
                     self._reap(self._workers.pop(item))
             if self._stopping:
                 return
+            if self._reload:
+                self._reload = False
+                for worker in self._workers.values():
+                    _signal(worker.process, _RELOAD_SIGNAL)
             now = time.monotonic()
             due = [t for t in self._restarts if t <= now]
             self._restarts = [t for t in self._restarts if t > now]

@@ -73,3 +73,5 @@ KERNEL_ISA_FORCED = bool(_requested_isa)
 include "core.pyx"
 
 include "transport.pyx"
+
+include "tls.pyx"

@@ -43,12 +43,15 @@ cdef class SocketTransport:
     cdef char *_rptr
 
     cdef _stop_reading(self)
+    cdef bint _deliver(self, Py_ssize_t n) except -1
     cdef _eof_received(self)
     cdef Py_ssize_t _send(self, const char *p, Py_ssize_t n) except -2
     cdef Py_ssize_t _sendmsg(self, msghdr *msg) except -2
     cdef Py_ssize_t _sent(self, ssize_t r) except -2
     cdef _enqueue(self, bytes data, Py_ssize_t offset)
     cdef _check_high_water(self)
+    cdef _written(self)
+    cdef _lose(self)
     cdef _report(self, message, exc)
     cdef _fatal_error(self, exc, message)
     cdef _force_close(self, exc)

@@ -142,8 +142,7 @@ cdef class SocketTransport:
         self._closing = True
         self._stop_reading()
         if self._queued == 0:
-            self._lost = True
-            self._loop.call_soon(self._connection_lost, None)
+            self._lose()
 
     def abort(self):
         """Close now, dropping whatever is queued."""
@@ -199,13 +198,7 @@ cdef class SocketTransport:
         while self._reading:
             n = recv(self._fd, self._rptr, READ_BUFFER, 0)
             if n > 0:
-                try:
-                    if self._core is not None:
-                        self._core._data_in(<const uint8_t *>self._rptr, n)
-                    else:
-                        self._protocol.data_received(PyBytes_FromStringAndSize(self._rptr, n))
-                except Exception as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                if not self._deliver(n):
                     return
                 budget -= 1
                 if n < READ_BUFFER:
@@ -229,6 +222,18 @@ cdef class SocketTransport:
                 if err != EAGAIN and err != EWOULDBLOCK:
                     self._fatal_error(OSError(err, os.strerror(err)), "Fatal read error on socket transport")
                 return
+
+    cdef bint _deliver(self, Py_ssize_t n) except -1:
+        """Hand the receive buffer's first ``n`` bytes to the protocol; False after a fatal error."""
+        try:
+            if self._core is not None:
+                self._core._data_in(<const uint8_t *>self._rptr, n)
+            else:
+                self._protocol.data_received(PyBytes_FromStringAndSize(self._rptr, n))
+        except Exception as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return False
+        return True
 
     cdef _eof_received(self):
         self._stop_reading()
@@ -421,6 +426,10 @@ cdef class SocketTransport:
                 self._queue_offset += sent
             if self._queued and sent < batch:
                 break  # the socket is full: wait for the next writable event
+        self._written()
+
+    cdef _written(self):
+        """After a pass over the queue: resume the protocol, drop the writer, finish a close."""
         if self._lost:
             return
         if self._writing_paused and self._queued <= self._low:
@@ -432,8 +441,12 @@ cdef class SocketTransport:
         if self._queued == 0 and not self._lost:
             self._loop.remove_writer(self._fd)
             if self._closing:
-                self._lost = True
-                self._loop.call_soon(self._connection_lost, None)
+                self._lose()
+
+    cdef _lose(self):
+        """Closing, everything sent: connection_lost next."""
+        self._lost = True
+        self._loop.call_soon(self._connection_lost, None)
 
     # -- closing -------------------------------------------------------------
 

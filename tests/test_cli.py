@@ -113,6 +113,9 @@ def test_version_prints_version_hot_path_and_event_loop() -> None:
     else:
         assert hot[0] == "hot path: pure Python (no compiled extension)", hot
     assert loop[0] in ("event loop: uvloop", "event loop: asyncio")
+    tls = [line for line in lines if line.startswith("tls: ")]
+    own = fastws._accel.TLS_AVAILABLE
+    assert len(tls) == 1 and tls[0].startswith("tls: fastws's own transport" if own else "tls: the event loop's"), tls
 
 
 def test_version_follows_fastws_extension_0() -> None:

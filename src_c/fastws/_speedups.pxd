@@ -3,3 +3,4 @@
 # for a module's own .pxd under its package name, hence src_c/fastws/.
 include "../core.pxd"
 include "../transport.pxd"
+include "../tls.pxd"

@@ -92,7 +92,7 @@ setup(
     name="fastws-linetrace",
     script_args=["build_ext", "--inplace"],
     ext_modules=cythonize(
-        [Extension("fastws._speedups", ["src_c/_speedups.pyx", "src_c/fastws_kernels.c"], include_dirs=["src_c"],
+        [Extension("fastws._speedups", ["src_c/_speedups.pyx", "src_c/fastws_kernels.c", "src_c/fastws_tls.c"], include_dirs=["src_c"],
                    define_macros=[("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False, "linetrace": True},
@@ -138,7 +138,7 @@ def cython_coverage(work: str) -> int:
     # Cython's coverage plugin finds a .pyx file's lines through a C file of the same
     # name; core.pyx and transport.pyx are included into _speedups.c, so give each that
     # file under its own name.
-    for part in ("core", "transport"):
+    for part in ("core", "transport", "tls"):
         shutil.copyfile(os.path.join(build, "src_c", "_speedups.c"), os.path.join(build, "src_c", part + ".c"))
     report = subprocess.run(
         [sys.executable, "-m", "coverage", "report", "-i", "--rcfile=.coveragerc",

@@ -917,13 +917,16 @@ def main():
                 for r in rows:
                     if r["server"] in ("fastws", "fastws-py", "picows"):
                         f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
-        with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        # a --tls run has its own latest files (the full run's stay as they are)
+        prefix = "tls-" if args.tls else ""
+        with open(os.path.join(RESULTS, prefix + "latest.md"), "w") as f:
             f.write(md)
-        with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+        with open(os.path.join(RESULTS, prefix + "latest.json"), "w") as f:
             json.dump({"meta": meta, "rows": rows, "skipped": skipped}, f, indent=1, sort_keys=True)
-        r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-        log(r.stdout.strip() or "charts written")
+        if not args.tls:
+            r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            log(r.stdout.strip() or "charts written")
         log("results in %s" % RESULTS)
     errors = sum(r["errors"] for r in rows)
     if errors:

@@ -707,7 +707,9 @@ static void read_some(conn_t *c, uint64_t t) {
         if (feed(c, rbuf, (size_t)r, t) < 0) { conn_close(c); return; }
         total += (size_t)r;
 #ifdef LOADGEN_TLS
-        if (c->ssl) continue; /* one record per SSL_read: go on until OpenSSL says WANT_READ */
+        /* one record per SSL_read: go on while OpenSSL holds more; when it holds
+         * nothing, the socket is next and epoll says when (no recv() for EAGAIN) */
+        if (c->ssl) { if (SSL_has_pending(c->ssl)) continue; break; }
 #endif
         if ((size_t)r < RBUF_SIZE) break;
     }

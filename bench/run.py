@@ -3,6 +3,7 @@
 
     python3 bench/run.py --quick     # small subset, about 2-3 minutes
     python3 bench/run.py             # full matrix, 3 repetitions
+    python3 bench/run.py --tls       # the wss:// cases and their ws:// twins only
 
 Uses only the standard library.  It prepares (idempotently) under
 $FASTWS_BENCH_HOME (default ~/.cache/fastws-bench):
@@ -25,6 +26,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -63,15 +65,21 @@ class Case:
     size: int = 16
     text: bool = False
     inflight: int = 1
+    tls: bool = False
+    only: tuple = ()   # run on these servers only (empty: every server)
 
     @property
     def name(self):
         if self.mode == "idle":
-            return "idle-%dc" % self.conns
+            return "idle-%dc" % self.conns + ("-tls" if self.tls else "")
         n = "%s-%dc-%s" % (self.mode, self.conns, human_size(self.size))
         if self.mode == "stream":
             n += "-x%d" % self.inflight
-        return n + ("-text" if self.text else "")
+        return n + ("-text" if self.text else "") + ("-tls" if self.tls else "")
+
+    def plain(self, only=()):
+        """The same case over ws:// (the twin a TLS case is compared with)."""
+        return Case(self.mode, self.conns, self.size, self.text, self.inflight, False, only)
 
     @property
     def path(self):
@@ -89,12 +97,31 @@ def full_cases():
             cases.append(Case("stream", 8, size, text, k))
     cases.append(Case("fanout", 1000, 256))
     cases.append(Case("idle", 10000))
+    return cases + tls_cases() + [Case("idle", 10000, tls=True)]
+
+
+def tls_cases():
+    """wss:// (TLS 1.3): small messages on many connections and on one, UTF-8
+    validation, bulk; each has a ws:// twin of the same shape in full_cases()."""
+    return [Case("rr", 64, 256, tls=True), Case("rr", 64, 4 * KiB, text=True, tls=True),
+            Case("rr", 1, 256, tls=True), Case("stream", 8, 1 * MiB, False, 4, tls=True)]
+
+
+# --tls runs the TLS cases and their twins; the twins on these servers only
+TWIN_SERVERS = ("fastws", "fastws-py", "picows")
+
+
+def tls_run_cases():
+    cases = []
+    for c in tls_cases():
+        cases += [c.plain(TWIN_SERVERS), c]
     return cases
 
 
 def quick_cases():
     return [Case("rr", 64, 256), Case("rr", 64, 4 * KiB, text=True),
-            Case("stream", 8, 64 * KiB, False, 16), Case("fanout", 1000, 256)]
+            Case("stream", 8, 64 * KiB, False, 16), Case("fanout", 1000, 256),
+            Case("rr", 64, 256, tls=True), Case("rr", 64, 4 * KiB, text=True, tls=True)]
 
 
 # --------------------------------------------------------------------- setup
@@ -107,17 +134,45 @@ def run_checked(cmd, **kw):
 
 
 def build_loadgen():
+    """The load generator, with OpenSSL (--tls) when its headers and libraries
+    are there; returns (path, has_tls)."""
     src = os.path.join(BENCH, "load", "loadgen.c")
     with open(src, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    cc = os.environ.get("CC", "cc")
     out = os.path.join(HOME, "build", "loadgen-" + digest)
+    tls_out = out + "-tls"
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if not os.path.exists(tls_out) and not os.path.exists(tls_out + ".failed"):
+        log("building loadgen with TLS: %s -O2 -DLOADGEN_TLS %s -lssl -lcrypto" % (cc, src))
+        try:
+            run_checked([cc, "-O2", "-Wall", "-DLOADGEN_TLS", "-o", tls_out + ".tmp", src, "-lssl", "-lcrypto"])
+            os.replace(tls_out + ".tmp", tls_out)
+        except RuntimeError as e:
+            log("note: the loadgen does not build with OpenSSL (libssl-dev missing?): TLS cases are skipped\n%s"
+                % str(e)[-600:])
+            open(tls_out + ".failed", "w").close()
+    if os.path.exists(tls_out):
+        return tls_out, True
     if not os.path.exists(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        cc = os.environ.get("CC", "cc")
         log("building loadgen: %s -O2 %s" % (cc, src))
         run_checked([cc, "-O2", "-Wall", "-o", out + ".tmp", src])
         os.replace(out + ".tmp", out)
-    return out
+    return out, False
+
+
+def make_certificate(workdir):
+    """A self-signed certificate for 127.0.0.1 / localhost (EC P-256, valid 2
+    days) in workdir, made for this run and never kept; returns (cert, key) or
+    None when the openssl command is missing."""
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    openssl = shutil.which("openssl")
+    if not openssl:
+        return None
+    run_checked([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert])
+    return cert, key
 
 
 def tree_digest(root, skip_dirs):
@@ -402,8 +457,9 @@ def drive_loadgen(cmd, pids, timeout):
     return result, marks, notes, lg.wait()
 
 
-def run_one(loadgen, server, case, warmup, duration):
-    """One loadgen run against a started server; returns a result dict."""
+def run_one(loadgen, server, case, warmup, duration, cert=None):
+    """One loadgen run against a started server; returns a result dict.
+    cert: the certificate the load generator checks a TLS server against."""
     pid = server.proc.pid
     rss_base = proc_status_kib(pid, "VmRSS")
     cmd = [loadgen, "--port", str(server.port), "--path", case.path,
@@ -411,6 +467,8 @@ def run_one(loadgen, server, case, warmup, duration):
            "--inflight", str(case.inflight), "--warmup", str(warmup), "--duration", str(duration)]
     if case.text:
         cmd.append("--text")
+    if case.tls:
+        cmd += ["--tls", "--tls-ca", cert]
     res, marks, notes, rc = drive_loadgen(cmd, [pid], warmup + duration + 120)
     alive = server.proc.poll() is None
     res["loadgen_rc"] = rc
@@ -500,7 +558,9 @@ def summarize(server, case, reps, info):
         "server": server, "library": info.get("library", server), "version": info.get("version"),
         "loop": info.get("loop"), "server_info": info, "case": case.name, "mode": case.mode,
         "conns": case.conns, "size": case.size, "text": case.text, "inflight": case.inflight,
-        "reps": len(reps),
+        "tls": case.tls, "reps": len(reps),
+        # per repetition, in order (repetition i of every server ran back to back)
+        "msgs_per_cpu_s_reps": [r.get("msgs_per_cpu_s") for r in reps],
         "msgs_per_s": med([r.get("msgs_per_s") for r in ok]),
         "msgs_per_s_min": min([r.get("msgs_per_s", 0) for r in ok], default=None),
         "msgs_per_s_max": max([r.get("msgs_per_s", 0) for r in ok], default=None),
@@ -517,6 +577,8 @@ def summarize(server, case, reps, info):
         "window_s": med([r.get("duration_s") for r in ok]),
         "errors": sum(r.get("errors", 0) for r in reps),
     }
+    if case.tls:
+        s["tls_version"] = next((r["tls"] for r in ok if r.get("tls")), None)
     if case.mode == "idle":
         s["open"] = min([r.get("open", 0) for r in ok], default=0)
         s["kib_per_conn"] = med([r.get("kib_per_conn") for r in ok])
@@ -540,6 +602,92 @@ def add_ratios(rows, baseline=None):
                 r[key + "_vs_baseline"] = round(r[key] / b[key], 3)
 
 
+def rep_ratios(a, b):
+    """Ratios a/b of msgs/CPU-s, repetition by repetition (the runs of one
+    repetition are back to back, so they saw the same machine)."""
+    pairs = zip(a.get("msgs_per_cpu_s_reps") or [], b.get("msgs_per_cpu_s_reps") or [], strict=False)
+    return [x / y for x, y in pairs if x and y]
+
+
+def tls_ratios(rows, variants):
+    """For every TLS case and every server in variants: its msgs/CPU-s over
+    picows's and websockets's (TLS both), and its CPU per message over TLS
+    against its own over plain TCP (= plain msgs/CPU-s / TLS msgs/CPU-s, the
+    "TLS cost"), each as a ratio of the medians and the min..max of the
+    per-repetition ratios. Returns {(case, server): {key: (ratio, lo, hi)}}."""
+    by = {(r["server"], r["case"]): r for r in rows}
+    out = {}
+    for r in rows:
+        if not r.get("tls") or r["mode"] == "idle" or r["server"] not in variants:
+            continue
+        plain_name = r["case"][:-len("-tls")]
+        d = {}
+        for key, other, inverse in (("vs_picows", by.get(("picows", r["case"])), False),
+                                    ("vs_websockets", by.get(("websockets", r["case"])), False),
+                                    ("tls_cost", by.get((r["server"], plain_name)), True)):
+            if not other or not other.get("msgs_per_cpu_s") or not r.get("msgs_per_cpu_s"):
+                continue
+            num, den = (other, r) if inverse else (r, other)
+            per = rep_ratios(num, den)
+            d[key] = (num["msgs_per_cpu_s"] / den["msgs_per_cpu_s"], min(per, default=None), max(per, default=None))
+        out[(r["case"], r["server"])] = d
+    return out
+
+
+def fmt_ratio(t):
+    if not t:
+        return "-"
+    v, lo, hi = t
+    if lo is None or lo == hi:
+        return "%.2f" % v
+    return "%.2f (%.2f..%.2f)" % (v, lo, hi)
+
+
+def tls_markdown(rows, meta):
+    """The wss:// section: msgs/CPU-s per server, then the ratios."""
+    tls_rows = [r for r in rows if r.get("tls") and r["mode"] != "idle"]
+    if not tls_rows:
+        return []
+    cases = []
+    for r in tls_rows:
+        if r["case"] not in cases:
+            cases.append(r["case"])
+    servers = [s for s in ALL_SERVERS + meta.get("extra_servers", []) if any(r["server"] == s for r in tls_rows)]
+    by = {(r["server"], r["case"]): r for r in rows}
+    version = next((r["tls_version"] for r in tls_rows if r.get("tls_version")), "TLS")
+    out = ["", "## wss:// (%s, self-signed EC P-256 certificate, the same for every server)" % version, "",
+           "Messages per second of server CPU time, median (min..max) over the repetitions; the TLS work "
+           "of the client side is in the load generator, not in these numbers.", "",
+           "| case | " + " | ".join(servers) + " |", "|---|" + "---:|" * len(servers)]
+    for c in cases:
+        cells = []
+        for s in servers:
+            r = by.get((s, c))
+            if not r or r.get("msgs_per_cpu_s") is None:
+                cells.append("-")
+            elif r["reps"] > 1:
+                cells.append("%s (%s..%s)" % (fmt(r["msgs_per_cpu_s"]), fmt(r["msgs_per_cpu_s_min"]),
+                                              fmt(r["msgs_per_cpu_s_max"])))
+            else:
+                cells.append(fmt(r["msgs_per_cpu_s"]))
+        out.append("| %s | %s |" % (c, " | ".join(cells)))
+    variants = [s for s in servers if s.startswith("fastws") or s == "picows"]
+    ratios = tls_ratios(rows, variants)
+    out += ["", "Side by side: msgs/CPU-s over picows's and websockets's (both over TLS, higher is better), and "
+            "**TLS cost** = CPU per message over wss:// / CPU per message over ws:// for the same server and "
+            "case shape in this run (lower is better). Ratio of the medians, (min..max) of the "
+            "per-repetition ratios.", "",
+            "| case | server | ÷ picows | ÷ websockets | TLS cost |", "|---|---|---:|---:|---:|"]
+    for c in cases:
+        for s in variants:
+            d = ratios.get((c, s))
+            if d is None:
+                continue
+            out.append("| %s | %s | %s | %s | %s |" % (c, s, fmt_ratio(d.get("vs_picows")) if s != "picows" else "1",
+                                                       fmt_ratio(d.get("vs_websockets")), fmt_ratio(d.get("tls_cost"))))
+    return out
+
+
 def fmt(v, nd=0):
     if v is None:
         return "-"
@@ -549,7 +697,8 @@ def fmt(v, nd=0):
 
 
 def markdown(rows, meta, skipped, baseline=None):
-    out = ["# fastws load benchmark: %s run" % ("quick" if meta["quick"] else "full"), ""]
+    kind = "quick" if meta["quick"] else "TLS" if meta.get("tls_only") else "full"
+    out = ["# fastws load benchmark: %s run" % kind, ""]
     out.append("- date: %s, commit `%s`, Python %s, CPU: %s (%d vCPUs)" % (
         meta["date"], meta["commit"], meta["python"], meta["cpu"], meta["ncpu"]))
     out.append("- %d repetition(s), warm-up %ss, measured %ss; server on CPU %d, loadgen on CPU %d; "
@@ -561,7 +710,7 @@ def markdown(rows, meta, skipped, baseline=None):
     out.append("- servers: " + "; ".join(
         "%s %s (%s%s)" % (n, r.get("version"), r.get("loop"), "".join(
             ", %s=%s" % (k, v) for k, v in r["server_info"].items()
-            if k in ("aiofastnet", "extension", "speedups"))) for n, r in libs.items()))
+            if k in ("aiofastnet", "aiofastnet_direct_tls", "extension", "speedups"))) for n, r in libs.items()))
     for name, why in skipped.items():
         out.append("- skipped %s: %s" % (name, why))
     out.append("")
@@ -603,6 +752,7 @@ def markdown(rows, meta, skipped, baseline=None):
             out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
                 r["case"], r["server"], r.get("open"), fmt(r.get("kib_per_conn"), 2),
                 fmt(r.get("kib_per_conn_vs_picows"), 2), fmt((r["peak_rss_kib"] or 0) / 1024, 1), r["errors"]))
+    out += tls_markdown(rows, meta)
     return "\n".join(out) + "\n"
 
 
@@ -611,6 +761,8 @@ def markdown(rows, meta, skipped, baseline=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset with short durations")
+    ap.add_argument("--tls", action="store_true",
+                    help="the wss:// cases only, each after its ws:// twin (the twin on %s only)" % ", ".join(TWIN_SERVERS))
     ap.add_argument("--servers", help="comma separated subset of: " + ",".join(ALL_SERVERS))
     ap.add_argument("--cases", help="comma separated case names or substrings (see --list)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -629,19 +781,23 @@ def main():
     ap.add_argument("--setup-only", action="store_true", help="prepare the venv, ws and the loadgen, then exit")
     args = ap.parse_args()
 
-    cases = quick_cases() if args.quick else full_cases()
+    cases = quick_cases() if args.quick else tls_run_cases() if args.tls else full_cases()
     if args.cases:
-        pool = {c.name: c for c in full_cases() + quick_cases()}
+        # --tls: a name picks the TLS case and its twin
+        pool = {c.name: c for c in (cases if args.tls else full_cases() + quick_cases())}
+        base = (lambda n: n.removesuffix("-tls")) if args.tls else (lambda n: n)
         picked = []
         for want in args.cases.split(","):
-            hits = [c for n, c in pool.items() if n == want] or [c for n, c in pool.items() if want in n]
+            hits = ([c for n, c in pool.items() if base(n) == base(want)]
+                    or [c for n, c in pool.items() if want in n])
             if not hits:
                 sys.exit("unknown case %r; try --list" % want)
             picked += [c for c in hits if c not in picked]
         cases = picked
     if args.list:
+        tls_names = [c.name for c in tls_run_cases()]
         for c in full_cases():
-            print(c.name + ("   (quick)" if c in quick_cases() else ""))
+            print(c.name + ("   (quick)" if c in quick_cases() else "") + ("   (--tls)" if c.name in tls_names else ""))
         return 0
     reps = args.reps or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 1.5)
@@ -657,7 +813,7 @@ def main():
     globals()["REALTIME"] = args.realtime
     t_setup = time.monotonic()
     os.makedirs(HOME, exist_ok=True)
-    loadgen = build_loadgen()
+    loadgen, loadgen_tls = build_loadgen()
     py = args.python or setup_venv(args)
     node_modules = setup_node(args) if "ws" in servers else None
     log("setup done in %.1fs (home %s)" % (time.monotonic() - t_setup, HOME))
@@ -672,6 +828,13 @@ def main():
                               {"FASTWS_EXTENSION": "1", "PYTHONPATH": site})
         servers.append(baseline)
     skipped = {}
+    certdir = tempfile.TemporaryDirectory(prefix="fastws-bench-cert-")
+    cert = make_certificate(certdir.name) if loadgen_tls and any(c.tls for c in cases) else None
+    if any(c.tls for c in cases) and not cert:
+        why = "the load generator has no TLS (libssl-dev?)" if not loadgen_tls else "no openssl command"
+        log("note: TLS cases skipped: " + why)
+        skipped["TLS cases"] = why
+        cases = [c for c in cases if not c.tls]
     if "ws" in servers and "ws" not in commands:
         skipped["ws"] = "node/npm or the ws package unavailable"
     servers = [s for s in servers if s in commands]
@@ -680,7 +843,8 @@ def main():
     os.makedirs(logdir, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(), "python": platform.python_version(),
             "cpu": cpu_model(), "ncpu": os.cpu_count(), "quick": args.quick, "reps": reps,
-            "warmup": warmup, "duration": duration, "realtime": args.realtime, "run_id": time.strftime("%Y%m%d-%H%M%S")}
+            "warmup": warmup, "duration": duration, "realtime": args.realtime, "run_id": time.strftime("%Y%m%d-%H%M%S"),
+            "tls_only": args.tls, "extra_servers": [baseline] if baseline else []}
     log("run %s: %d case(s) x %d server(s) x %d rep(s); commit %s; logs in %s" % (
         meta["run_id"], len(cases), len(servers), reps, meta["commit"], logdir))
 
@@ -692,9 +856,12 @@ def main():
             for rep in range(reps):
                 order = servers if rep % 2 == 0 else servers[::-1]
                 for name in order:
-                    if name in skipped:
+                    # a TLS twin runs on the baseline too, as on fastws
+                    if name in skipped or (case.only and name not in case.only and name != baseline):
                         continue
                     argv, env = commands[name]
+                    if case.tls:
+                        argv = argv + ["--certfile", cert[0], "--keyfile", cert[1]]
                     srv = Server(name, argv, env, logdir)
                     try:
                         if not srv.wait_ready():
@@ -709,7 +876,7 @@ def main():
                             log("  SKIP %s: %s" % (name, skipped[name]))
                             continue
                         infos[name] = srv.info
-                        res = run_one(loadgen, srv, case, warmup, duration)
+                        res = run_one(loadgen, srv, case, warmup, duration, cert[0] if cert else None)
                     finally:
                         srv.stop()
                     results.setdefault((name, case.name), []).append(res)
@@ -721,6 +888,7 @@ def main():
                         res.get("server_cpu_s"), res.get("loadgen_cpu_s"), res.get("other_cpu_s"), res.get("errors"), extra,
                         ("  notes: " + " | ".join(res["notes"][:3])) if res.get("notes") else ""))
     log("measured in %.1fs" % (time.monotonic() - t0))
+    certdir.cleanup()
 
     rows = []
     for case in cases:
@@ -744,18 +912,21 @@ def main():
         with open(os.path.join(RESULTS, "runs.jsonl"), "a") as f:
             for r in rows:
                 f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
-        if not args.quick and not args.cases and not args.servers and not baseline:
+        if not args.quick and not args.cases and not args.servers and not baseline and not args.tls:
             with open(os.path.join(RESULTS, "history.jsonl"), "a") as f:
                 for r in rows:
                     if r["server"] in ("fastws", "fastws-py", "picows"):
                         f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
-        with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        # a --tls run has its own latest files (the full run's stay as they are)
+        prefix = "tls-" if args.tls else ""
+        with open(os.path.join(RESULTS, prefix + "latest.md"), "w") as f:
             f.write(md)
-        with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+        with open(os.path.join(RESULTS, prefix + "latest.json"), "w") as f:
             json.dump({"meta": meta, "rows": rows, "skipped": skipped}, f, indent=1, sort_keys=True)
-        r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-        log(r.stdout.strip() or "charts written")
+        if not args.tls:
+            r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            log(r.stdout.strip() or "charts written")
         log("results in %s" % RESULTS)
     errors = sum(r["errors"] for r in rows)
     if errors:

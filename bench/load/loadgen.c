@@ -15,6 +15,13 @@
  *           odd connection on a second server (pub/sub through a broker).
  *   idle    open N connections and hold them; report how many stay open.
  *
+ * --tls: every mode over wss:// (OpenSSL, TLS 1.3 only; built with
+ * -DLOADGEN_TLS -lssl -lcrypto, see bench/run.py).  The same frames and the
+ * same verification; the records are encrypted / decrypted here, so the TLS
+ * cost of the client side is in this process, never in the server's CPU time.
+ * --tls-ca FILE verifies the server's certificate against FILE (and checks
+ * that it names --host); without it the certificate is not checked.
+ *
  * Output: one JSON object on stdout.  Progress markers on stderr, each on its
  * own line and flushed: "CONNECTED n", "MEASURE_START", "MEASURE_END".  The
  * runner samples the server's CPU time / memory when it sees them.
@@ -54,6 +61,11 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#endif
 
 enum { MODE_RR, MODE_STREAM, MODE_FANOUT, MODE_IDLE };
 
@@ -216,6 +228,13 @@ typedef struct {
     uint64_t *ts;
     uint32_t ts_head, ts_tail;
     uint64_t got;       /* fanout: messages received (the index of the next one) */
+#ifdef LOADGEN_TLS
+    SSL *ssl;           /* NULL over plain TCP */
+    int write_wants_read; /* SSL_write asked for readable data first (key update) */
+    int pending;        /* on the pending list: OpenSSL holds data epoll cannot see */
+    uint8_t *early;     /* bytes after the 101 response, fed once the connection is set up */
+    size_t nearly;
+#endif
 } conn_t;
 
 /* options */
@@ -230,6 +249,9 @@ static int opt_text = 0;
 static int opt_inflight = 1;
 static double opt_warmup = 1.0, opt_duration = 5.0;
 static int opt_max_errors_print = 10;
+static int opt_tls = 0;
+static const char *opt_tls_ca = NULL;
+static const char *opt_ciphersuites = NULL;
 
 /* state */
 static conn_t *conns;
@@ -246,6 +268,112 @@ static uint64_t m_msgs, m_bytes, m_rounds;
 static uint64_t errors, pings, closes_seen, unexpected_eof;
 static int nopen;
 static int *flush_list; static int nflush;
+
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+static int *pend_list, *pend_spare; static int npend;  /* connections with bytes left in OpenSSL */
+static char tls_desc[128];
+
+static const char *tls_errstr(void) {
+    static char buf[256];
+    unsigned long e = ERR_get_error();
+    if (!e) return errno ? strerror(errno) : "unexpected EOF";
+    ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    return buf;
+}
+
+static void tls_setup(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) die("SSL_CTX_new: %s", tls_errstr());
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    /* partial writes: one SSL_write per record, so `sent` advances like send();
+     * the write buffer may move between retries (the batch phase is recomputed) */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* read ahead: one recv() may bring several records (fewer syscalls here);
+     * what OpenSSL buffers is drained through the pending list */
+    SSL_CTX_set_read_ahead(tls_ctx, 1);
+    if (opt_mode == MODE_IDLE) SSL_CTX_set_mode(tls_ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (opt_ciphersuites && SSL_CTX_set_ciphersuites(tls_ctx, opt_ciphersuites) != 1)
+        die("--ciphersuites %s: %s", opt_ciphersuites, tls_errstr());
+    if (opt_tls_ca) {
+        if (SSL_CTX_load_verify_locations(tls_ctx, opt_tls_ca, NULL) != 1) die("--tls-ca %s: %s", opt_tls_ca, tls_errstr());
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    }
+}
+
+/* blocking TLS handshake on a connected socket (its SO_RCVTIMEO/SO_SNDTIMEO bound it) */
+static SSL *tls_connect(int fd) {
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl) die("SSL_new: %s", tls_errstr());
+    SSL_set_fd(ssl, fd);
+    struct in6_addr a6; struct in_addr a4;
+    int is_ip = inet_pton(AF_INET, opt_host, &a4) == 1 || inet_pton(AF_INET6, opt_host, &a6) == 1;
+    if (!is_ip) SSL_set_tlsext_host_name(ssl, opt_host);
+    if (opt_tls_ca) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+        if (is_ip) X509_VERIFY_PARAM_set1_ip_asc(vp, opt_host);
+        else X509_VERIFY_PARAM_set1_host(vp, opt_host, 0);
+    }
+    if (SSL_connect(ssl) != 1) die("TLS handshake: %s", tls_errstr());
+    if (!tls_desc[0])
+        snprintf(tls_desc, sizeof tls_desc, "%s %s", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+    return ssl;
+}
+
+static void pend_add(conn_t *c) {
+    if (!c->pending) { c->pending = 1; pend_list[npend++] = (int)(c - conns); }
+}
+#endif
+
+/* send on a connection: bytes written, or -1 with errno EAGAIN (wait for
+ * EPOLLOUT) or another errno (the connection is broken; *why says why) */
+static ssize_t conn_send(conn_t *c, const void *p, size_t n, const char **why) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        if (n > (1u << 30)) n = 1u << 30;
+        ERR_clear_error();
+        int w = SSL_write(c->ssl, p, (int)n);
+        if (w > 0) return w;
+        int e = SSL_get_error(c->ssl, w);
+        if (e == SSL_ERROR_WANT_WRITE) { errno = EAGAIN; return -1; }
+        if (e == SSL_ERROR_WANT_READ) { c->write_wants_read = 1; errno = EAGAIN; return -1; }
+        *why = tls_errstr();
+        errno = EPIPE;
+        return -1;
+    }
+#endif
+    ssize_t w;
+    do w = send(c->fd, p, n, MSG_NOSIGNAL); while (w < 0 && errno == EINTR);
+    if (w < 0) *why = strerror(errno);
+    return w;
+}
+
+/* receive: bytes, 0 at EOF, -1 with errno EAGAIN (nothing more now) or another
+ * errno (*why says why) */
+static ssize_t conn_recv(conn_t *c, void *p, size_t n, const char **why) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, p, (int)n);
+        if (r > 0) return r;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { errno = EAGAIN; return -1; }
+        if (e == SSL_ERROR_ZERO_RETURN) return 0;
+        *why = tls_errstr();
+        errno = EPROTO;
+        return -1;
+    }
+#endif
+    ssize_t r;
+    do r = recv(c->fd, p, n, 0); while (r < 0 && errno == EINTR);
+    if (r < 0) *why = strerror(errno);
+    return r;
+}
 
 /* fanout: rounds in flight, indexed by message number modulo opt_inflight + 1 */
 static uint32_t *fan_count;    /* deliveries of each message in flight */
@@ -269,6 +397,9 @@ static void conn_close(conn_t *c) {
     c->open = 0;
     nopen--;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+#ifdef LOADGEN_TLS
+    if (c->ssl) { SSL_free(c->ssl); c->ssl = NULL; }
+#endif
     close(c->fd);
 }
 
@@ -284,11 +415,17 @@ static void flush(conn_t *c) {
         size_t phase = (size_t)(c->sent % flen);
         size_t avail = batch_len - phase;
         size_t len = c->owed < avail ? (size_t)c->owed : avail;
-        ssize_t w = send(c->fd, c->batch + phase, len, MSG_NOSIGNAL);
+        const char *why = NULL;
+        ssize_t w = conn_send(c, c->batch + phase, len, &why);
         if (w < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) { set_out(c, 1); return; }
-            err(c, "send: %s", strerror(errno));
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+#ifdef LOADGEN_TLS
+                if (c->write_wants_read) return; /* retried after the next read */
+#endif
+                set_out(c, 1);
+                return;
+            }
+            err(c, "send: %s", why);
             conn_close(c);
             return;
         }
@@ -448,7 +585,17 @@ static uint8_t *make_batch(uint8_t mask[4]) {
 
 /* ------------------------------------------------------------ handshake */
 
-static int connect_one(struct sockaddr_storage *sa, socklen_t salen, char *key_out) {
+/* blocking write of the whole buffer (handshake time: the socket is still blocking) */
+static void write_all(conn_t *c, const char *p, size_t n) {
+    while (n) {
+        const char *why = "?";
+        ssize_t w = conn_send(c, p, n, &why);
+        if (w <= 0) die("send handshake: %s", why);
+        p += w; n -= (size_t)w;
+    }
+}
+
+static void connect_one(conn_t *c, struct sockaddr_storage *sa, socklen_t salen, char *key_out) {
     int fd = socket(sa->ss_family, SOCK_STREAM, 0);
     if (fd < 0) die("socket: %s (raise RLIMIT_NOFILE?)", strerror(errno));
     int one = 1;
@@ -457,6 +604,10 @@ static int connect_one(struct sockaddr_storage *sa, socklen_t salen, char *key_o
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)sa, salen) < 0) die("connect: %s", strerror(errno));
+    c->fd = fd;
+#ifdef LOADGEN_TLS
+    if (opt_tls) c->ssl = tls_connect(fd);
+#endif
     uint8_t raw[16];
     for (int i = 0; i < 16; i++) raw[i] = (uint8_t)(rng() >> 32);
     base64(raw, 16, key_out);
@@ -465,28 +616,55 @@ static int connect_one(struct sockaddr_storage *sa, socklen_t salen, char *key_o
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nUser-Agent: fastws-loadgen\r\n\r\n",
                      opt_path, opt_host, opt_port, key_out);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) die("send handshake: %s", strerror(errno));
-    return fd;
+    write_all(c, req, (size_t)n);
 }
 
-static void finish_handshake(int fd, const char *key) {
-    char resp[8192];
+/* Reads the HTTP response headers into resp (NUL terminated) without taking
+ * any byte after them from the socket: plain TCP peeks, then reads exactly the
+ * headers; TLS cannot peek through records, so it reads and keeps what
+ * follows the headers in c->early. */
+static void read_response(conn_t *c, char *resp, size_t cap) {
     size_t got = 0;
     char *end = NULL;
-    /* peek so that no frame byte after the headers is consumed */
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        for (;;) {
+            if (got >= cap - 1) die("handshake response too large");
+            const char *why = "?";
+            ssize_t r = conn_recv(c, resp + got, cap - 1 - got, &why);
+            if (r <= 0) die("handshake: %s", r == 0 ? "connection closed" : why);
+            got += (size_t)r;
+            resp[got] = 0;
+            if ((end = strstr(resp, "\r\n\r\n"))) break;
+        }
+        size_t hl = (size_t)(end - resp) + 4;
+        if (got > hl) {
+            c->nearly = got - hl;
+            c->early = malloc(c->nearly);
+            if (!c->early) die("out of memory");
+            memcpy(c->early, resp + hl, c->nearly);
+        }
+        resp[hl] = 0;
+        return;
+    }
+#endif
     for (;;) {
-        ssize_t r = recv(fd, resp, sizeof resp - 1, MSG_PEEK);
+        ssize_t r = recv(c->fd, resp, cap - 1, MSG_PEEK);
         if (r <= 0) die("handshake: %s", r == 0 ? "connection closed" : strerror(errno));
         resp[r] = 0;
-        end = strstr(resp, "\r\n\r\n");
-        if (end) break;
-        if ((size_t)r >= sizeof resp - 1) die("handshake response too large");
+        if ((end = strstr(resp, "\r\n\r\n"))) break;
+        if ((size_t)r >= cap - 1) die("handshake response too large");
         if ((size_t)r == got) usleep(200);
         got = (size_t)r;
     }
     size_t hlen = (size_t)(end - resp) + 4;
-    if (recv(fd, resp, hlen, 0) != (ssize_t)hlen) die("handshake read");
+    if (recv(c->fd, resp, hlen, 0) != (ssize_t)hlen) die("handshake read");
     resp[hlen] = 0;
+}
+
+static void finish_handshake(conn_t *c, const char *key) {
+    char resp[8192];
+    read_response(c, resp, sizeof resp);
     if (strncmp(resp, "HTTP/1.1 101", 12) != 0) {
         char *nl = strstr(resp, "\r\n");
         if (nl) *nl = 0;
@@ -510,13 +688,51 @@ static void finish_handshake(int fd, const char *key) {
     if (!ok) die("bad or missing Sec-WebSocket-Accept");
 }
 
+/* ------------------------------------------------------------ receiving */
+
+/* Reads what a ready connection has (up to 4 MiB at a time, so that one busy
+ * connection does not hold up the others) and feeds it to the parser. */
+static void read_some(conn_t *c, uint64_t t) {
+    size_t total = 0;
+    while (total < 4 * RBUF_SIZE) {
+        const char *why = "?";
+        ssize_t r = conn_recv(c, rbuf, RBUF_SIZE, &why);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            err(c, "recv: %s", why);
+            conn_close(c);
+            return;
+        }
+        if (r == 0) { unexpected_eof++; err(c, "connection closed by the server"); conn_close(c); return; }
+        if (feed(c, rbuf, (size_t)r, t) < 0) { conn_close(c); return; }
+        total += (size_t)r;
+#ifdef LOADGEN_TLS
+        /* one record per SSL_read: go on while OpenSSL holds more; when it holds
+         * nothing, the socket is next and epoll says when (no recv() for EAGAIN) */
+        if (c->ssl) { if (SSL_has_pending(c->ssl)) continue; break; }
+#endif
+        if ((size_t)r < RBUF_SIZE) break;
+    }
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        /* epoll cannot see what OpenSSL already read from the socket */
+        if (SSL_has_pending(c->ssl)) pend_add(c);
+        if (c->write_wants_read) {
+            c->write_wants_read = 0;
+            if (!c->dirty) { c->dirty = 1; flush_list[nflush++] = (int)(c - conns); }
+        }
+    }
+#endif
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P [--host H] [--path /] [--mode rr|stream|fanout|idle]\n"
             "               [--conns N] [--size BYTES] [--text] [--inflight K]\n"
-            "               [--warmup S] [--duration S] [--seed N] [--port2 P]\n");
+            "               [--warmup S] [--duration S] [--seed N] [--port2 P]\n"
+            "               [--tls [--tls-ca PEM] [--ciphersuites LIST]]\n");
     exit(2);
 }
 
@@ -524,7 +740,8 @@ int main(int argc, char **argv) {
     static struct option lo[] = {
         {"host", 1, 0, 'h'}, {"port", 1, 0, 'p'}, {"path", 1, 0, 'P'}, {"conns", 1, 0, 'c'},
         {"mode", 1, 0, 'm'}, {"size", 1, 0, 's'}, {"text", 0, 0, 't'}, {"inflight", 1, 0, 'k'},
-        {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 'r'}, {"port2", 1, 0, 'q'}, {0, 0, 0, 0}};
+        {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 'd'}, {"seed", 1, 0, 'r'}, {"port2", 1, 0, 'q'},
+        {"tls", 0, 0, 'T'}, {"tls-ca", 1, 0, 'C'}, {"ciphersuites", 1, 0, 'S'}, {0, 0, 0, 0}};
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -547,6 +764,9 @@ int main(int argc, char **argv) {
         case 'd': opt_duration = atof(optarg); break;
         case 'r': seed = strtoull(optarg, NULL, 10) | 1; break;
         case 'q': opt_port2 = atoi(optarg); break;
+        case 'T': opt_tls = 1; break;
+        case 'C': opt_tls_ca = optarg; opt_tls = 1; break;
+        case 'S': opt_ciphersuites = optarg; break;
         default: usage();
         }
     }
@@ -554,6 +774,11 @@ int main(int argc, char **argv) {
     if (opt_size > (64ull << 20)) die("size above 64 MiB is not supported");
     if (opt_mode != MODE_STREAM && opt_mode != MODE_FANOUT) opt_inflight = 1;
     rng_state = seed ? seed : 1;
+#ifdef LOADGEN_TLS
+    if (opt_tls) tls_setup();
+#else
+    if (opt_tls) die("--tls: this loadgen was built without OpenSSL (cc -DLOADGEN_TLS ... -lssl -lcrypto)");
+#endif
 
     /* file descriptors: raise the soft limit (and the hard one if allowed) */
     struct rlimit rl;
@@ -603,6 +828,11 @@ int main(int argc, char **argv) {
 
     conns = calloc((size_t)opt_conns, sizeof *conns);
     flush_list = calloc((size_t)opt_conns, sizeof *flush_list);
+#ifdef LOADGEN_TLS
+    pend_list = calloc((size_t)opt_conns, sizeof *pend_list);
+    pend_spare = calloc((size_t)opt_conns, sizeof *pend_spare);
+    if (!pend_list || !pend_spare) die("setup failed");
+#endif
     rbuf = malloc(RBUF_SIZE);
     epfd = epoll_create1(0);
     if (!conns || !flush_list || !rbuf || epfd < 0) die("setup failed");
@@ -613,10 +843,10 @@ int main(int argc, char **argv) {
     for (int base = 0; base < opt_conns; base += HB) {
         int cnt = opt_conns - base < HB ? opt_conns - base : HB;
         for (int i = 0; i < cnt; i++)
-            conns[base + i].fd = connect_one(opt_port2 && (base + i) % 2 ? &sa2 : &sa, salen, keys[i]);
+            connect_one(&conns[base + i], opt_port2 && (base + i) % 2 ? &sa2 : &sa, salen, keys[i]);
         for (int i = 0; i < cnt; i++) {
             conn_t *c = &conns[base + i];
-            finish_handshake(c->fd, keys[i]);
+            finish_handshake(c, keys[i]);
             fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
             c->open = 1;
             nopen++;
@@ -628,6 +858,15 @@ int main(int argc, char **argv) {
         }
     }
     free(keys);
+#ifdef LOADGEN_TLS
+    /* bytes that came with the 101 response: nothing was requested yet, so any
+     * frame here is an error in every mode (as it would be over plain TCP) */
+    for (int i = 0; i < opt_conns; i++) {
+        conn_t *c = &conns[i];
+        if (c->nearly && feed(c, c->early, c->nearly, now_ns()) < 0) conn_close(c);
+        free(c->early); c->early = NULL; c->nearly = 0;
+    }
+#endif
     fprintf(stderr, "CONNECTED %d\n", nopen);
     fflush(stderr);
     if (opt_mode == MODE_FANOUT) usleep(200000); /* let the server register every connection */
@@ -672,27 +911,30 @@ int main(int argc, char **argv) {
         }
         uint64_t next = measuring ? t_end : t_warm;
         int timeout = (int)((next - t + 999999) / 1000000);
+#ifdef LOADGEN_TLS
+        if (npend) timeout = 0; /* OpenSSL holds bytes of some connection: no waiting */
+#endif
         int ne = epoll_wait(epfd, evs, 1024, timeout);
         if (ne < 0) { if (errno == EINTR) continue; die("epoll_wait: %s", strerror(errno)); }
         t = now_ns();
+#ifdef LOADGEN_TLS
+        if (npend) {
+            /* take the list first: read_some() puts a connection back on it */
+            int n = npend;
+            int *todo = pend_list;
+            pend_list = pend_spare; pend_spare = todo; npend = 0;
+            for (int i = 0; i < n; i++) {
+                conn_t *c = &conns[todo[i]];
+                c->pending = 0;
+                if (c->open) read_some(c, t);
+            }
+        }
+#endif
         for (int e = 0; e < ne; e++) {
             conn_t *c = &conns[evs[e].data.u32];
             if (!c->open) continue;
             if (evs[e].events & EPOLLOUT) { if (!c->dirty) { c->dirty = 1; flush_list[nflush++] = (int)(c - conns); } }
-            if (evs[e].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-                for (int rounds = 0; rounds < 4; rounds++) {
-                    ssize_t r = recv(c->fd, rbuf, RBUF_SIZE, 0);
-                    if (r < 0) {
-                        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-                        err(c, "recv: %s", strerror(errno));
-                        conn_close(c);
-                        break;
-                    }
-                    if (r == 0) { unexpected_eof++; err(c, "connection closed by the server"); conn_close(c); break; }
-                    if (feed(c, rbuf, (size_t)r, t) < 0) { conn_close(c); break; }
-                    if ((size_t)r < RBUF_SIZE) break;
-                }
-            }
+            if (evs[e].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_some(c, t);
         }
     }
 
@@ -702,7 +944,15 @@ int main(int argc, char **argv) {
     for (int i = 0; i < opt_conns; i++) {
         conn_t *c = &conns[i];
         if (!c->open) continue;
-        if (c->sent % flen == 0) (void)!send(c->fd, closefr, sizeof closefr, MSG_NOSIGNAL | MSG_DONTWAIT);
+        const char *why;
+#ifdef LOADGEN_TLS
+        /* OpenSSL wants a pending write retried with the same bytes first: no close frame then */
+        if (c->ssl && c->owed) { SSL_free(c->ssl); c->ssl = NULL; close(c->fd); continue; }
+#endif
+        if (c->sent % flen == 0) (void)conn_send(c, closefr, sizeof closefr, &why);
+#ifdef LOADGEN_TLS
+        if (c->ssl) { (void)SSL_shutdown(c->ssl); SSL_free(c->ssl); c->ssl = NULL; }
+#endif
         close(c->fd);
     }
 
@@ -714,13 +964,18 @@ int main(int argc, char **argv) {
            "\"duration_s\": %.4f, \"messages\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, "
            "\"p50_us\": %.2f, \"p99_us\": %.2f, \"latency_samples\": %llu, \"rounds\": %llu, "
            "\"open\": %d, \"pings\": %llu, \"errors\": %llu, "
-           "\"loadgen_cpu_s\": %.4f, \"loadgen_user_s\": %.4f, \"loadgen_sys_s\": %.4f}\n",
+           "\"loadgen_cpu_s\": %.4f, \"loadgen_user_s\": %.4f, \"loadgen_sys_s\": %.4f, \"tls\": \"%s\"}\n",
            opt_mode == MODE_RR ? "rr" : opt_mode == MODE_STREAM ? "stream" : opt_mode == MODE_FANOUT ? "fanout" : "idle",
            opt_conns, (unsigned long long)opt_size, opt_text ? "true" : "false", opt_inflight, secs,
            (unsigned long long)m_msgs, (double)m_msgs / secs, (double)m_bytes / secs / 1e6,
            hist_pct(0.50) / 1e3, hist_pct(0.99) / 1e3, (unsigned long long)hist_count,
            (unsigned long long)m_rounds, still_open, (unsigned long long)pings,
-           (unsigned long long)errors, cpu1 - cpu0, u1 - u0, s1 - s0);
+           (unsigned long long)errors, cpu1 - cpu0, u1 - u0, s1 - s0,
+#ifdef LOADGEN_TLS
+           opt_tls ? tls_desc : "");
+#else
+           "");
+#endif
     fflush(stdout);
     if (opt_mode == MODE_IDLE && still_open != opt_conns) return 1;
     return errors ? 1 : 0;

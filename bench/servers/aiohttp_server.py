@@ -3,7 +3,7 @@ import asyncio
 
 from aiohttp import WSMsgType, web
 
-from common import MAX_SIZE, announce, lib_version, run_server
+from common import MAX_SIZE, announce, lib_version, run_server, server_ssl
 
 fanout_members = set()
 
@@ -42,7 +42,7 @@ async def main(args, loop_name):
     app.router.add_get("/fanout", fanout)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, backlog=1024)
+    site = web.TCPSite(runner, args.host, args.port, backlog=1024, ssl_context=server_ssl(args))
     await site.start()
     port = runner.addresses[0][1]
     announce(port, library="aiohttp", version=lib_version("aiohttp"), loop=loop_name)

@@ -8,7 +8,7 @@ FASTWS_BENCH_BROKER=redis://... the topic is shared with other processes.
 import os
 
 import fastws
-from common import MAX_SIZE, announce, lib_version, run_server
+from common import MAX_SIZE, announce, lib_version, run_server, server_ssl
 
 fanout_members = set()
 
@@ -43,7 +43,8 @@ class Handler(fastws.Listener):
 
 async def main(args, loop_name):
     broker = os.environ.get("FASTWS_BENCH_BROKER") or None
-    server = await fastws.create_server(Handler, args.host, args.port, max_size=MAX_SIZE, broker=broker)
+    server = await fastws.create_server(Handler, args.host, args.port, max_size=MAX_SIZE, broker=broker,
+                                        ssl=server_ssl(args))
     port = server.sockets[0].getsockname()[1]
     announce(port, library="fastws", version=lib_version("fastws"), loop=loop_name,
              extension=bool(getattr(fastws, "USING_EXTENSION", False)))

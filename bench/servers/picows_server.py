@@ -6,13 +6,16 @@ the INFO line records whether it is.
 
 from picows import WSListener, WSMsgType, ws_create_server
 
-from common import MAX_SIZE, announce, lib_version, run_server
+from common import MAX_SIZE, announce, lib_version, run_server, server_ssl
 
 try:
-    import aiofastnet  # noqa: F401
+    import aiofastnet
     HAS_AIOFASTNET = True
+    # the direct OpenSSL engine (SSL_read/SSL_write from C) when not None
+    AIOFASTNET_DIRECT_TLS = getattr(aiofastnet, "OPENSSL_DYN_LIBS", None) is not None
 except ImportError:
     HAS_AIOFASTNET = False
+    AIOFASTNET_DIRECT_TLS = None
 
 fanout_members = set()
 
@@ -57,11 +60,12 @@ def listener_factory(request):
 
 async def main(args, loop_name):
     server = await ws_create_server(listener_factory, args.host, args.port,
-                                    max_frame_size=MAX_SIZE, enable_auto_ping=False)
+                                    max_frame_size=MAX_SIZE, enable_auto_ping=False, ssl=server_ssl(args))
     port = server.sockets[0].getsockname()[1]
     announce(port, library="picows", version=lib_version("picows"), loop=loop_name,
              aiofastnet=HAS_AIOFASTNET,
-             aiofastnet_version=lib_version("aiofastnet") if HAS_AIOFASTNET else None)
+             aiofastnet_version=lib_version("aiofastnet") if HAS_AIOFASTNET else None,
+             aiofastnet_direct_tls=AIOFASTNET_DIRECT_TLS)
     await server.serve_forever()
 
 

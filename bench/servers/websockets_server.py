@@ -2,7 +2,7 @@
 
 from websockets.asyncio.server import broadcast, serve
 
-from common import MAX_SIZE, announce, lib_version, run_server
+from common import MAX_SIZE, announce, lib_version, run_server, server_ssl
 
 fanout_members = set()
 
@@ -27,7 +27,7 @@ async def main(args, loop_name):
     except ImportError:
         speedups_on = False
     async with serve(handler, args.host, args.port, compression=None, max_size=MAX_SIZE,
-                     ping_interval=None, max_queue=None) as server:
+                     ping_interval=None, max_queue=None, ssl=server_ssl(args)) as server:
         port = server.sockets[0].getsockname()[1]
         announce(port, library="websockets", version=lib_version("websockets"), loop=loop_name,
                  speedups=speedups_on)

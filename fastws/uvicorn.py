@@ -352,22 +352,23 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
         """ASGI ``send``."""
         if self.writing_paused and not self._disconnected:
             await self._drained()
+        kind = message["type"]
+        if kind == _SEND and self._phase == _OPEN and not self._disconnected:  # the hot path first
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+                if data is None:
+                    return
+            try:
+                self.send(data)
+            except (ConnectionClosed, InvalidState):
+                raise ClientDisconnected() from None
+            return
         if self._disconnected:
             raise ClientDisconnected()
-        kind = message["type"]
         phase = self._phase
         if phase == _OPEN:
-            if kind == _SEND:
-                data = message.get("bytes")
-                if data is None:
-                    data = message.get("text")
-                    if data is None:
-                        return
-                try:
-                    self.send(data)
-                except (ConnectionClosed, InvalidState):
-                    raise ClientDisconnected() from None
-            elif kind == "websocket.close":
+            if kind == "websocket.close":
                 code = message.get("code") or 1000
                 reason = message.get("reason") or ""
                 if self.state != _accel.OPEN:
@@ -473,10 +474,15 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
     def _message_received(self, core: Any, data: bytes, is_text: bool) -> None:
         if self._phase != _OPEN:
             return  # past websocket.close: dropped, so that reading goes on to the peer's close frame
-        self._queue.append({"type": _RECEIVE, "text": data.decode()} if is_text else {"type": _RECEIVE, "bytes": data})
+        queue = self._queue
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None and not queue:
+            # The app waits in receive() for exactly this message: no need to hold reading.
+            queue.append({"type": _RECEIVE, "text": data.decode()} if is_text else {"type": _RECEIVE, "bytes": data})
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        queue.append({"type": _RECEIVE, "text": data.decode()} if is_text else {"type": _RECEIVE, "bytes": data})
         if not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()

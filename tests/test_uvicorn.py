@@ -474,3 +474,35 @@ def test_app_that_raises_before_accept_gets_500_and_one_logged_error(run: Any, c
         run(main())
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage().strip() for r in errors] == ["Exception in ASGI application"]
+
+
+# -- TLS: the connection stays on the event loop's transport -------------------------------------
+
+
+def test_wss_echo_and_scope_scheme(run: Any, tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def main() -> None:
+        async with serving(scope_app, ssl_certfile=str(tmp_path / "server.pem")) as (server, port):
+            async with connect(f"wss://127.0.0.1:{port}/tls", ssl=client_context) as ws:
+                shown = await asyncio.wait_for(ws.recv(), IO_TIMEOUT)
+                assert "'scheme': 'wss'" in str(shown)
+                await asyncio.wait_for(ws.wait_closed(), IO_TIMEOUT)
+                assert ws.close_code == 4000
+        async with serving(fastapi_app, ssl_certfile=str(tmp_path / "server.pem")) as (server, port):
+            async with connect(f"wss://127.0.0.1:{port}/echo", ssl=client_context, max_size=None) as ws:
+                for message in ["over tls", b"\x01" * 300000]:
+                    await ws.send(message)
+                    assert await asyncio.wait_for(ws.recv(), IO_TIMEOUT) == message
+                [protocol] = [c for c in server.server_state.connections if isinstance(c, WebSocketProtocol)]
+                assert protocol.transport.get_extra_info("sslcontext") is not None
+
+    run(main())

@@ -18,7 +18,7 @@ pytest.importorskip("uvicorn", reason="the test extra installs uvicorn")  # `pip
 
 import uvicorn  # noqa: E402
 import websockets  # noqa: E402
-from fastapi import Depends, FastAPI, Query, WebSocket, WebSocketDisconnect, WebSocketException, status  # noqa: E402
+from fastapi import Depends, FastAPI, Query, WebSocket, WebSocketException, status  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.endpoints import WebSocketEndpoint  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
@@ -38,18 +38,12 @@ disconnects: list[int] = []  # codes the echo endpoints saw in websocket.disconn
 @fastapi_app.websocket("/echo")
 async def echo(websocket: WebSocket) -> None:
     await websocket.accept()
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                disconnects.append(message["code"])
-                return
-            if message.get("text") is not None:
-                await websocket.send_text(message["text"])
-            else:
-                await websocket.send_bytes(message["bytes"])
-    except WebSocketDisconnect as exc:
-        disconnects.append(exc.code)
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            disconnects.append(message["code"])
+            return
+        await websocket.send(dict(message, type="websocket.send"))  # its "text" or "bytes" back
 
 
 @fastapi_app.websocket("/items/{item_id}")

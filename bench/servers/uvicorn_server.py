@@ -1,4 +1,4 @@
-"""A Starlette echo endpoint under uvicorn, with the WebSocket implementation named
+"""The Starlette echo endpoint of tests/asgi_echo.py under uvicorn, with the WebSocket implementation named
 by FASTWS_BENCH_UVICORN_WS: ``fastws`` (fastws.uvicorn:WebSocketProtocol, compiled
 hot path), ``websockets-sansio`` (uvicorn's default) or ``wsproto``.
 
@@ -8,38 +8,21 @@ httptools, compression and keepalive pings off, access log off, 32 MiB messages.
 """
 import os
 import socket
+import sys
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocketDisconnect
 
 from common import MAX_SIZE, announce, lib_version, run_server
+
+# The endpoint itself: the one Autobahn|Testsuite checks in .ci/run.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+from asgi_echo import app  # noqa: E402
 
 IMPLEMENTATIONS = {
     "fastws": "fastws.uvicorn:WebSocketProtocol",
     "websockets-sansio": "websockets-sansio",
     "wsproto": "wsproto",
 }
-
-
-async def echo(websocket):
-    await websocket.accept()
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is not None:
-                await websocket.send_text(text)
-            else:
-                await websocket.send_bytes(message["bytes"])
-    except WebSocketDisconnect:
-        pass
-
-
-app = Starlette(routes=[WebSocketRoute("/", echo)])
 
 
 async def main(args, loop_name):

@@ -268,7 +268,10 @@ def server_commands(py, node_modules):
     return cmds
 
 
-ALL_SERVERS = ["fastws", "fastws-py", "picows", "websockets", "aiohttp", "ws", "uvicorn-fastws", "uvicorn-sansio", "uvicorn-wsproto"]
+DEFAULT_SERVERS = ["fastws", "fastws-py", "picows", "websockets", "aiohttp", "ws"]
+# Only with --servers: echo only (no /fanout), for the ASGI comparison (see bench/README.md).
+ASGI_SERVERS = ["uvicorn-fastws", "uvicorn-sansio", "uvicorn-wsproto"]
+ALL_SERVERS = DEFAULT_SERVERS + ASGI_SERVERS
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -654,7 +657,7 @@ def main():
     reps = args.reps or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 1.5)
     duration = args.duration if args.duration is not None else (2.0 if args.quick else 4.0)
-    servers = args.servers.split(",") if args.servers else list(ALL_SERVERS)
+    servers = args.servers.split(",") if args.servers else list(DEFAULT_SERVERS)
     for s in servers:
         if s not in ALL_SERVERS:
             sys.exit("unknown server %r (known: %s)" % (s, ", ".join(ALL_SERVERS)))

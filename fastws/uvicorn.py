@@ -139,6 +139,8 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
         self._read_paused = False
         self._disconnected = False  # the transport is gone
         self._writable: asyncio.Future[None] | None = None
+        self._pending_failure: ProtocolError | None = None  # the peer's error, after the messages before it
+        self._pending_timer: asyncio.TimerHandle | None = None
         # Denial response (websocket.http.response.*).
         self._deny_status = 0
         self._deny_headers: list[bytes] = []
@@ -186,10 +188,11 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
         self.connection_closed()
         self._disconnected = True
         self._stop_keepalive()
-        for timer in (self.close_timer, self._abort_timer):
+        for timer in (self.close_timer, self._abort_timer, self._pending_timer):
             if timer is not None:
                 timer.cancel()
-        self.close_timer = self._abort_timer = None
+        self.close_timer = self._abort_timer = self._pending_timer = None
+        self._pending_failure = None
         self._queue_disconnect(1006)
         self._phase = _DONE
         self.connections.discard(self)
@@ -326,6 +329,8 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
                 self._send_500_response()
             elif result is not None:
                 self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self._pending_failure is not None:
+            self._fail_pending()
         if self._phase == _DENYING and not self._deny_mode:
             self._write_denial_head(b"content-length: 0\r\n")  # a start without a body: an empty body
         if self.close_timer is None and self.transport is not None:
@@ -335,6 +340,9 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
         """ASGI ``receive``: the next event; after the disconnect event, that event again."""
         queue = self._queue
         while not queue:
+            if self._pending_failure is not None:
+                self._fail_pending()  # queues the disconnect event
+                continue
             if self._disconnect is not None:
                 return self._disconnect
             waiter = self._waiter = self.loop.create_future()
@@ -373,6 +381,9 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
                 reason = message.get("reason") or ""
                 if self.state != _accel.OPEN:
                     return  # the peer closed first; its disconnect event is queued
+                if self._pending_failure is not None:
+                    self._fail_pending()  # the peer broke the protocol: its close code, not the app's
+                    return
                 self.close(code, reason)
                 self._queue_disconnect(code, reason)
                 self._phase = _CLOSING
@@ -504,8 +515,24 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
 
     def _on_protocol_error(self, exc: ProtocolError) -> None:
         self.logger.info("%s - WebSocket closed: %s (%d)", self._peer(), exc, exc.code)
-        self._queue_disconnect(exc.code, str(exc))
-        self.fail(exc)
+        if self._queue and self._phase == _OPEN:
+            # Messages that came before the bad frame are still the app's: fail once it
+            # has taken them (its next receive()), so that the close frame follows what
+            # it sends in answer; close_timeout bounds the wait.
+            self._pending_failure = exc
+            self._pending_timer = self.loop.call_later(self.close_timeout, self._fail_pending)
+        else:
+            self._queue_disconnect(exc.code, str(exc))
+            self.fail(exc)
+
+    def _fail_pending(self) -> None:
+        exc, self._pending_failure = self._pending_failure, None
+        if self._pending_timer is not None:
+            self._pending_timer.cancel()
+            self._pending_timer = None
+        if exc is not None and self.state == _accel.OPEN:
+            self._queue_disconnect(exc.code, str(exc))
+            self.fail(exc)
 
     def _on_pong(self, payload: bytes) -> None:
         if self.pending_ping_payload is None or payload != self.pending_ping_payload:

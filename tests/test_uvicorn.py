@@ -453,6 +453,24 @@ def test_bad_input(run: Any, caplog: pytest.LogCaptureFixture, scenario: Any) ->
     quiet(caplog)
 
 
+def test_messages_before_a_bad_frame_are_answered_before_the_close(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with serving(fastapi_app) as (_, port):
+            client = await RawClient.connect(port, "/echo")
+            client.send(build_frame(1, b"first") + build_frame(2, b"second") + build_frame(1, b"bad", rsv=2) + build_frame(9, b""))
+            for expected in (b"first", b"second"):
+                frame = await client.read_frame()
+                assert (frame.opcode, frame.payload) == (1 if expected == b"first" else 2, expected)
+            close = await client.expect_close()
+            assert close.close_code == 1002
+            client.close()
+            await assert_echo(port)
+
+    with caplog.at_level(logging.DEBUG):
+        run(main())
+    quiet(caplog)
+
+
 def test_app_that_raises_before_accept_gets_500_and_one_logged_error(run: Any, caplog: pytest.LogCaptureFixture) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()

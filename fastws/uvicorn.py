@@ -281,7 +281,7 @@ class WebSocketProtocol(_accel.ProtocolCore, asyncio.Protocol):
         lines += _header_lines(message.get("headers") or ())
         subprotocol = message.get("subprotocol")
         if subprotocol:
-            lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1") + b"\r\n")
+            lines += _header_lines([(b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1"))])
         lines.append(b"\r\n")
         self.logger.info('%s - "WebSocket %s" [accepted]', self._peer(), self._path())
         transport = self.transport

@@ -471,6 +471,33 @@ def test_messages_before_a_bad_frame_are_answered_before_the_close(run: Any, cap
     quiet(caplog)
 
 
+@pytest.mark.parametrize(
+    "accept",
+    [
+        {"type": "websocket.accept", "subprotocol": "chat\r\nX-Injected: 1"},
+        {"type": "websocket.accept", "headers": [(b"x-ok", b"1\r\nX-Injected: 1")]},
+        {"type": "websocket.accept", "headers": [(b"x-ok\nX-Injected", b"1")]},
+    ],
+    ids=["subprotocol", "header-value", "header-name"],
+)
+def test_crlf_in_accept_headers_is_refused_not_sent(run: Any, caplog: pytest.LogCaptureFixture, accept: dict[str, Any]) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send(accept)
+
+    async def main() -> None:
+        async with serving(app) as (_, port):
+            client = await upgrade(port, "/")
+            head = await client.read_http_response()
+            assert head.status == 500
+            assert "x-injected" not in head.headers
+            client.close()
+
+    with caplog.at_level(logging.INFO):
+        run(main())
+    assert any("invalid character in response header" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
 def test_app_that_raises_before_accept_gets_500_and_one_logged_error(run: Any, caplog: pytest.LogCaptureFixture) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()

@@ -37,7 +37,8 @@ SERVERS_DIR = os.path.join(BENCH, "servers")
 RESULTS = os.path.join(BENCH, "results")
 HOME = os.environ.get("FASTWS_BENCH_HOME") or os.path.expanduser("~/.cache/fastws-bench")
 
-PEER_PACKAGES = ["picows", "aiofastnet", "websockets", "aiohttp", "uvloop", "matplotlib"]
+PEER_PACKAGES = ["picows", "aiofastnet", "websockets", "aiohttp", "uvloop", "matplotlib",
+                 "uvicorn", "httptools", "starlette", "wsproto"]  # the last four: the ASGI servers (uvicorn-*)
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -312,13 +313,20 @@ def server_commands(py, node_modules):
         "picows": pyserver("picows_server.py"),
         "websockets": pyserver("websockets_server.py"),
         "aiohttp": pyserver("aiohttp_server.py"),
+        # The same Starlette echo endpoint under uvicorn, three WebSocket implementations.
+        "uvicorn-fastws": pyserver("uvicorn_server.py", FASTWS_BENCH_UVICORN_WS="fastws", FASTWS_EXTENSION="1"),
+        "uvicorn-sansio": pyserver("uvicorn_server.py", FASTWS_BENCH_UVICORN_WS="websockets-sansio"),
+        "uvicorn-wsproto": pyserver("uvicorn_server.py", FASTWS_BENCH_UVICORN_WS="wsproto"),
     }
     if node_modules:
         cmds["ws"] = (["node", os.path.join(SERVERS_DIR, "ws_server.js")], {"NODE_PATH": node_modules})
     return cmds
 
 
-ALL_SERVERS = ["fastws", "fastws-py", "picows", "websockets", "aiohttp", "ws"]
+DEFAULT_SERVERS = ["fastws", "fastws-py", "picows", "websockets", "aiohttp", "ws"]
+# Only with --servers: echo only (no /fanout), for the ASGI comparison (see bench/README.md).
+ASGI_SERVERS = ["uvicorn-fastws", "uvicorn-sansio", "uvicorn-wsproto"]
+ALL_SERVERS = DEFAULT_SERVERS + ASGI_SERVERS
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -772,6 +780,9 @@ def main():
     ap.add_argument("--python", help="use this interpreter for the Python servers instead of the bench venv")
     ap.add_argument("--upgrade", action="store_true", help="re-install the peers (latest versions)")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    ap.add_argument("--save-as", metavar="NAME",
+                    help="write bench/results/NAME.md and NAME.json instead of latest.* (and no runs.jsonl line): "
+                         "a side benchmark kept beside the main one, e.g. --save-as uvicorn")
     ap.add_argument("--realtime", action="store_true",
                     help="run the server and the loadgen as SCHED_FIFO (root): steadier numbers on a busy "
                          "machine, at the expense of everything else running there")
@@ -802,7 +813,7 @@ def main():
     reps = args.reps or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 1.5)
     duration = args.duration if args.duration is not None else (2.0 if args.quick else 4.0)
-    servers = args.servers.split(",") if args.servers else list(ALL_SERVERS)
+    servers = args.servers.split(",") if args.servers else list(DEFAULT_SERVERS)
     for s in servers:
         if s not in ALL_SERVERS:
             sys.exit("unknown server %r (known: %s)" % (s, ", ".join(ALL_SERVERS)))
@@ -870,7 +881,8 @@ def main():
                                                                     or "no output")
                             log("  SKIP %s: %s" % (name, skipped[name]))
                             continue
-                        if name.startswith("fastws") and name != "fastws-py" and srv.info.get("extension") is False:
+                        compiled = name == "uvicorn-fastws" or (name.startswith("fastws") and name != "fastws-py")
+                        if compiled and srv.info.get("extension") is False:
                             srv.stop()
                             skipped[name] = "the compiled extension is not in use (fastws.USING_EXTENSION is False)"
                             log("  SKIP %s: %s" % (name, skipped[name]))
@@ -905,7 +917,14 @@ def main():
         log("WARNING: loadgen used %d%% CPU in %s/%s: it may be the bottleneck" % (
             100 * r["loadgen_cpu_frac"], r["case"], r["server"]))
 
-    if not args.no_save:
+    if args.save_as and not args.no_save:
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, args.save_as + ".md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(RESULTS, args.save_as + ".json"), "w") as f:
+            json.dump({"meta": meta, "rows": rows, "skipped": skipped}, f, indent=1, sort_keys=True)
+        log("results in %s" % os.path.join(RESULTS, args.save_as + ".md"))
+    elif not args.no_save:
         os.makedirs(RESULTS, exist_ok=True)
         common = {k: meta[k] for k in ("run_id", "date", "commit", "python", "cpu", "ncpu", "quick", "reps",
                                         "warmup", "duration")}

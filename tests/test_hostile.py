@@ -337,7 +337,10 @@ def test_keepalive_takes_a_slow_reader_draining_our_output_as_alive(run: Any) ->
     messages = [i.to_bytes(4, "big") * 4096 for i in range(200)]
 
     async def main() -> None:
-        server, peer, conn, sent, data = await flood_listener_echo(messages, ping_interval=1.5, ping_timeout=1.5)
+        # The ping timeout is a time bound (a starved test thread drains nothing while it
+        # waits for a CPU), so it is scaled; the reading lasts four of them.
+        timeout = scaled(1.5)
+        server, peer, conn, sent, data = await flood_listener_echo(messages, ping_interval=1.5, ping_timeout=timeout)
         async with server:
 
             def read_slowly(seconds: float) -> int:
@@ -356,7 +359,7 @@ def test_keepalive_takes_a_slow_reader_draining_our_output_as_alive(run: Any) ->
                     time.sleep(0.0625)  # the peer's own pace, not synchronisation
                 return more
 
-            sent += await asyncio.to_thread(read_slowly, 6.0)
+            sent += await asyncio.to_thread(read_slowly, 4 * timeout)
             assert conn.state == fastws.connection.OPEN, (conn.close_code, conn.close_reason)
             frames = await asyncio.to_thread(
                 peer.exchange, data[sent:], lambda fs: sum(f.opcode == 2 for f in fs) >= len(messages)

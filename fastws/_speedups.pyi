@@ -54,6 +54,16 @@ class ProtocolCore:
     writing_paused: bool
     max_size: int | None
     max_fragments: int | None
+    # Message counters (read only on the compiled core): messages delivered or
+    # framed by send(), payload bytes before compression, by type.
+    messages_received_text: int
+    messages_received_binary: int
+    bytes_received_text: int
+    bytes_received_binary: int
+    messages_sent_text: int
+    messages_sent_binary: int
+    bytes_sent_text: int
+    bytes_sent_binary: int
     # The hot outputs, plain callables that the asyncio layer points at the
     # transport and the listener: _write(frame), _writelines((header, payload)),
     # _on_message(core, data, is_text).

@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import socket
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
 
 import fastws
+from _serveproc import serving
 from _wsutil import IO_TIMEOUT, RawClient, build_frame, close_payload, echo_server, port_of, until, upgrade_request
+from fastws.cli import main as cli_main, metrics_address
 from fastws.metrics import PING_RTT_BUCKETS, JsonFormatter, render, samples
 
 T = IO_TIMEOUT
@@ -235,3 +241,99 @@ def test_client_connections_have_counters_too(run: Any) -> None:
             return conn.messages_sent_text, conn.bytes_sent_text, conn.messages_received_text, conn.bytes_received_text
 
     assert run(main()) == (1, 2, 1, 2)
+
+
+# -- the command line: --metrics, --access-log, --log-format -------------------------------------
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=T) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+async def metrics_line(server: Any) -> str:
+    line = await asyncio.to_thread(server.next_line)
+    assert line is not None and line.startswith("metrics at http://127.0.0.1:") and line.endswith("/metrics"), line
+    return line.removeprefix("metrics at ")
+
+
+async def scrape_until(url: str, sample: str) -> str:
+    """GET ``url`` until its exposition has the line ``sample``."""
+    text = ""
+
+    def ready() -> bool:
+        nonlocal text
+        status, text = fetch(url)
+        return status == 200 and sample in text.splitlines()
+
+    deadline = asyncio.get_running_loop().time() + T
+    while not await asyncio.to_thread(ready):
+        assert asyncio.get_running_loop().time() < deadline, f"{sample!r} not served within {T} s: {text}"
+        await asyncio.sleep(0.05)
+    return text
+
+
+def test_serve_metrics_in_one_process_and_the_json_access_log(run: Any, loop_kind: str) -> None:
+    async def main() -> None:
+        async with serving("--port", "0", "--metrics", "127.0.0.1:0", "--log-format", "json", "--loop", loop_kind) as server:
+            url = await metrics_line(server)
+            client = await RawClient.connect(server.port, path="/p")
+            await echo_round(client, 1, b"json")
+            client.send(build_frame(8, close_payload(1000)))
+            await client.expect_close()
+            client.close()
+            text = await scrape_until(url, 'fastws_connections_closed_total{code="1000"} 1')
+            assert "fastws_workers 1" in text.splitlines() and 'fastws_sent_bytes_total{type="text"} 4' in text.splitlines()
+            assert text.count("# TYPE fastws_messages_sent_total counter") == 1
+            assert fetch(url.replace("/metrics", "/other"))[0] == 404
+            await asyncio.to_thread(server.wait_for_error_output, '"logger":"fastws.access"')
+            (line,) = [line for line in server.errors().splitlines() if '"fastws.access"' in line]
+            entry = json.loads(line)
+            assert entry["path"] == "/p" and entry["messages_in"] == entry["messages_out"] == 1
+            assert entry["bytes_in"] == entry["bytes_out"] == 4 and entry["close_code"] == 1000 and entry["closed_by"] == "client"
+            assert entry["peer"] == f"127.0.0.1:{client.local_port}"
+
+    run(main())
+
+
+def test_no_access_log(run: Any) -> None:
+    async def main() -> None:
+        async with serving("--port", "0", "--metrics", "127.0.0.1:0", "--no-access-log") as server:
+            url = await metrics_line(server)
+            client = await RawClient.connect(server.port)
+            client.send(build_frame(8, close_payload(1000)))
+            await client.expect_close()
+            client.close()
+            await scrape_until(url, 'fastws_connections_closed_total{code="1000"} 1')  # the connection has ended
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.wait_for_error_output, "shutting down")  # logged after any access line
+            assert "fastws.access" not in server.errors()
+            assert "INFO fastws.cli: shutting down" in server.errors()  # the rest of the log goes on, as text
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("nonsense", "--metrics: 'nonsense' is not [HOST:]PORT"), ("127.0.0.1:70000", "is not [HOST:]PORT"), ("in-use", "--metrics: cannot listen on")],
+)
+def test_bad_metrics_address_exits_2_with_one_line(value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        if value == "in-use":
+            value = f"127.0.0.1:{busy.getsockname()[1]}"
+        assert cli_main(["serve", "--port", "0", "--metrics", value]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastws: error:") and message in lines[0], err
+
+
+def test_metrics_address_forms() -> None:
+    assert metrics_address("9100", "0.0.0.0") == ("0.0.0.0", 9100)
+    assert metrics_address("127.0.0.1:9100", "0.0.0.0") == ("127.0.0.1", 9100)
+    assert metrics_address("[::1]:9100", "0.0.0.0") == ("::1", 9100)
+    assert metrics_address(":9100", "10.0.0.1") == ("10.0.0.1", 9100)

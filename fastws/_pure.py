@@ -14,11 +14,12 @@ cold rules (options, control frames, closing, argument checks) are
 from __future__ import annotations
 
 import codecs
+import operator
 import os
 import struct
 from typing import Any
 
-from ._rules import CLOSED, CLOSING, DEFAULT_MAX_SIZE, OPEN, CoreRules, check_frame_args, check_limit, payload_size, payload_type_error
+from ._rules import CLOSED, CLOSING, COUNTERS, DEFAULT_MAX_SIZE, OPEN, CoreRules, check_frame_args, check_limit, payload_size, payload_type_error
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT
 
@@ -29,6 +30,7 @@ __all__ = [
     "encode_frame",
     "frame_header",
     "broadcast",
+    "sum_counters",
     "IMPLEMENTATION",
     "OPEN",
     "CLOSING",
@@ -381,7 +383,17 @@ class ProtocolCore(CoreRules):
                 payload = memoryview(payload).cast("B")
             except TypeError:
                 raise payload_type_error(payload) from None
-        self._count_sent(opcode, len(payload), fin)
+        if opcode <= OP_BINARY:  # _count_sent, inlined: one method call would be most of its cost
+            kind = opcode or self._tx_opcode
+            self._tx_opcode = kind
+            if kind == OP_TEXT:
+                self.bytes_sent_text += len(payload)
+                if fin:
+                    self.messages_sent_text += 1
+            elif kind == OP_BINARY:
+                self.bytes_sent_binary += len(payload)
+                if fin:
+                    self.messages_sent_binary += 1
         rsv1 = False
         ext = self.extension
         if ext is not None and opcode < OP_CLOSE:
@@ -411,6 +423,17 @@ class ProtocolCore(CoreRules):
     def _write_frame(self, opcode: int, payload: bytes) -> None:
         """One control frame, no questions asked (CoreRules checked what needed checking)."""
         self._write(encode_frame(opcode, payload, mask=self.client))
+
+
+_COUNTERS = operator.attrgetter(*COUNTERS)
+
+
+def sum_counters(connections: Any) -> tuple[int, tuple[int, ...]]:
+    """How many ``connections``, and their message counters added up (in fastws.metrics.CORE_COUNTERS order)."""
+    rows = list(map(_COUNTERS, connections))
+    if not rows:
+        return 0, (0,) * 8
+    return len(rows), tuple(map(sum, zip(*rows, strict=True)))
 
 
 def broadcast(connections: Any, opcode: int, payload: bytes) -> int:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import mmap
+import operator
 import socket
 import struct
 import threading
@@ -29,6 +30,9 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+
+from . import _accel
+from ._rules import COUNTERS
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -51,17 +55,10 @@ PUBLISH_INTERVAL = 1.0  # seconds between a process's writes into its slot: the 
 PING_RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TYPES = ("text", "binary")
 
-# The message counters of a protocol core (both twins), in the order ServerMetrics keeps them.
-CORE_COUNTERS = (
-    "messages_received_text",
-    "messages_received_binary",
-    "bytes_received_text",
-    "bytes_received_binary",
-    "messages_sent_text",
-    "messages_sent_binary",
-    "bytes_sent_text",
-    "bytes_sent_binary",
-)
+CORE_COUNTERS = COUNTERS  # the message counters of a protocol core (both twins), in ServerMetrics' order
+
+
+_core_counters = operator.attrgetter(*CORE_COUNTERS)
 
 
 def _add(counts: dict[int, int], key: int) -> None:
@@ -103,7 +100,7 @@ class ServerMetrics:
     def connection_ended(self, conn: Connection, now: float) -> None:
         """Fold an ended connection's counters in, and write its access log line."""
         ended = self._ended
-        counts = [getattr(conn, name) for name in CORE_COUNTERS]
+        counts = _core_counters(conn)
         for i, value in enumerate(counts):
             ended[i] += value
         code = conn.close_code or 1006
@@ -113,12 +110,8 @@ class ServerMetrics:
 
     def snapshot(self, connections: Iterable[Connection], pubsub: Any = None) -> dict[str, Any]:
         """The counters as a dict (see ``Server.stats``)."""
-        totals = list(self._ended)
-        open_count = 0
-        for conn in connections:
-            open_count += 1
-            for i, name in enumerate(CORE_COUNTERS):
-                totals[i] += getattr(conn, name)
+        open_count, live = _accel.sum_counters(connections)
+        totals = [ended + now for ended, now in zip(self._ended, live, strict=True)]
         if pubsub is not None:  # fan-out frames written as they are: the hub counted them
             fanout = pubsub.fanout
             totals[4] += fanout[0]
@@ -152,7 +145,7 @@ class ServerMetrics:
 # -- the access log -------------------------------------------------------------------------
 
 
-def log_access(conn: Connection, now: float, counts: list[int], code: int) -> None:
+def log_access(conn: Connection, now: float, counts: tuple[int, ...], code: int) -> None:
     """One line for a connection that ended, with its fields in ``record.access`` (for JSON)."""
     from .connection import _addr
 

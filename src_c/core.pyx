@@ -629,6 +629,28 @@ cdef Py_ssize_t _payload_size(object payload) except -1:
     return n
 
 
+def sum_counters(connections):
+    """How many ``connections``, and their message counters added up (in fastws.metrics.CORE_COUNTERS order).
+
+    One C loop, so that a metrics snapshot of many connections costs little.
+    """
+    cdef unsigned long long t0 = 0, t1 = 0, t2 = 0, t3 = 0, t4 = 0, t5 = 0, t6 = 0, t7 = 0
+    cdef Py_ssize_t count = 0
+    cdef ProtocolCore core
+    for conn in connections:
+        core = <ProtocolCore?>conn
+        count += 1
+        t0 += core.messages_received_text
+        t1 += core.messages_received_binary
+        t2 += core.bytes_received_text
+        t3 += core.bytes_received_binary
+        t4 += core.messages_sent_text
+        t5 += core.messages_sent_binary
+        t6 += core.bytes_sent_text
+        t7 += core.bytes_sent_binary
+    return count, (t0, t1, t2, t3, t4, t5, t6, t7)
+
+
 def broadcast(connections, opcode, payload):
     """Send one message to many connections; returns how many were open.
 

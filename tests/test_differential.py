@@ -978,6 +978,8 @@ def test_counters_count_messages_and_payload_bytes_by_type(mod: Any) -> None:
         "bytes_sent_text": 3 + 2 + 5,
         "bytes_sent_binary": 5 + 8 + 2,
     }
+    assert mod.sum_counters([core, core]) == (2, tuple(2 * value for value in counters(core).values()))
+    assert mod.sum_counters(set()) == (0, (0,) * 8)
     core.close()
     with pytest.raises(ConnectionClosed):
         core.send("late")

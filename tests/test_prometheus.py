@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -88,8 +89,6 @@ def prometheus(target: str) -> Iterator[str]:
 
 def wait_until(predicate: Any, what: str) -> None:
     """Poll ``predicate`` (blocking) until true; AssertionError after DEADLINE."""
-    import time
-
     deadline = time.monotonic() + DEADLINE
     while not predicate():
         if time.monotonic() > deadline:

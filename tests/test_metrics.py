@@ -21,7 +21,7 @@ import fastws
 from _serveproc import serving
 from _wsutil import IO_TIMEOUT, RawClient, build_frame, close_payload, echo_server, port_of, until, upgrade_request
 from fastws.cli import main as cli_main, metrics_address
-from fastws.metrics import PING_RTT_BUCKETS, JsonFormatter, render, samples
+from fastws.metrics import PING_RTT_BUCKETS, JsonFormatter, MetricsExporter, render, samples
 
 T = IO_TIMEOUT
 
@@ -337,3 +337,29 @@ def test_metrics_address_forms() -> None:
     assert metrics_address("127.0.0.1:9100", "0.0.0.0") == ("127.0.0.1", 9100)
     assert metrics_address("[::1]:9100", "0.0.0.0") == ("::1", 9100)
     assert metrics_address(":9100", "10.0.0.1") == ("10.0.0.1", 9100)
+
+
+def test_exporter_sums_the_slots_and_keeps_what_ended_workers_counted() -> None:
+    """Without processes: two slots, one retired; gauges of an ended worker are not kept."""
+    exporter = MetricsExporter("127.0.0.1", 0, 2)
+    try:
+        block = exporter.block
+        assert block.read(0) == {}
+        block.write(0, {"fastws_connections_total": 3, "fastws_connections_open": 1, 'fastws_connections_closed_total{code="1000"}': 2})
+        block.write(1, {"fastws_connections_total": 5, "fastws_connections_open": 2})
+        block.write(1, {"fastws_connections_total": 6, "fastws_connections_open": 2})  # the latest write wins
+        exporter.workers = 2
+        lines = exporter.collect().splitlines()
+        assert "fastws_connections_total 9" in lines and "fastws_connections_open 3" in lines and "fastws_workers 2" in lines
+        exporter.retire(0)  # worker 0 ended; its replacement starts from zero in the same slot
+        assert block.read(0) == {}
+        block.write(0, {"fastws_connections_total": 1, "fastws_connections_open": 1})
+        exporter.worker_restarts = 1
+        lines = exporter.collect().splitlines()
+        assert "fastws_connections_total 10" in lines and "fastws_connections_open 3" in lines
+        assert 'fastws_connections_closed_total{code="1000"} 2' in lines and "fastws_worker_restarts_total 1" in lines
+        big = {f'fastws_connections_closed_total{{code="{code}"}}': 1 for code in range(10**5)}
+        block.write(1, {**big, "fastws_connections_total": 7})  # too large for a slot: the unlabelled samples stay
+        assert block.read(1) == {"fastws_connections_total": 7}
+    finally:
+        exporter.close()

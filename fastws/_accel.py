@@ -29,6 +29,7 @@ __all__ = [
     "encode_frame",
     "frame_header",
     "broadcast",
+    "sum_counters",
     "SocketTransport",
     "TLSTransport",
     "tls_attachable",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         broadcast,
         encode_frame,
         frame_header,
+        sum_counters,
     )
 
     USING_EXTENSION: bool
@@ -98,6 +100,7 @@ else:
     encode_frame = _impl.encode_frame
     frame_header = _impl.frame_header
     broadcast = _impl.broadcast
+    sum_counters = _impl.sum_counters
     # The compiled path's own transport for open connections (None in pure Python:
     # the event loop's transports serve).
     SocketTransport = getattr(_impl, "SocketTransport", None)

@@ -14,11 +14,12 @@ cold rules (options, control frames, closing, argument checks) are
 from __future__ import annotations
 
 import codecs
+import operator
 import os
 import struct
 from typing import Any
 
-from ._rules import CLOSED, CLOSING, DEFAULT_MAX_SIZE, OPEN, CoreRules, check_frame_args, check_limit, payload_type_error
+from ._rules import CLOSED, CLOSING, COUNTERS, DEFAULT_MAX_SIZE, OPEN, CoreRules, check_frame_args, check_limit, payload_size, payload_type_error
 from .exceptions import PayloadTooBig, ProtocolError
 from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PONG, OP_TEXT
 
@@ -29,6 +30,7 @@ __all__ = [
     "encode_frame",
     "frame_header",
     "broadcast",
+    "sum_counters",
     "IMPLEMENTATION",
     "OPEN",
     "CLOSING",
@@ -174,6 +176,17 @@ class ProtocolCore(CoreRules):
         # its payload bytes are already unmasked (and validated, for text).
         self._frame: tuple[bool, int, bool, int, int, bytes] | None = None
         self._frame_done = 0
+        # Message counters (the compiled twin's are C integers, read only): messages
+        # delivered / framed by send(), payload bytes before compression.
+        self.messages_received_text = 0
+        self.messages_received_binary = 0
+        self.bytes_received_text = 0
+        self.bytes_received_binary = 0
+        self.messages_sent_text = 0
+        self.messages_sent_binary = 0
+        self.bytes_sent_text = 0
+        self.bytes_sent_binary = 0
+        self._tx_opcode = 0  # the type of the message being sent, for its continuation frames
 
     @property
     def max_size(self) -> int | None:
@@ -334,6 +347,11 @@ class ProtocolCore(CoreRules):
         self._msg_opcode = None
         if is_text:
             self._validator.reset()
+            self.messages_received_text += 1
+            self.bytes_received_text += len(payload)
+        else:
+            self.messages_received_binary += 1
+            self.bytes_received_binary += len(payload)
         self._on_message(self, payload, is_text)
 
     def _drop_message(self) -> None:
@@ -365,6 +383,17 @@ class ProtocolCore(CoreRules):
                 payload = memoryview(payload).cast("B")
             except TypeError:
                 raise payload_type_error(payload) from None
+        if opcode <= OP_BINARY:  # _count_sent, inlined: one method call would be most of its cost
+            kind = opcode or self._tx_opcode
+            self._tx_opcode = kind
+            if kind == OP_TEXT:
+                self.bytes_sent_text += len(payload)
+                if fin:
+                    self.messages_sent_text += 1
+            elif kind == OP_BINARY:
+                self.bytes_sent_binary += len(payload)
+                if fin:
+                    self.messages_sent_binary += 1
         rsv1 = False
         ext = self.extension
         if ext is not None and opcode < OP_CLOSE:
@@ -374,9 +403,37 @@ class ProtocolCore(CoreRules):
         else:
             self._write(encode_frame(opcode, payload, fin, rsv1, self.client))
 
+    def _count_sent(self, opcode: int, n: int, fin: bool) -> None:
+        """Count a data frame of ``n`` payload bytes (before compression); the message at its last frame."""
+        if opcode == OP_CONT:
+            opcode = self._tx_opcode
+        elif opcode <= OP_BINARY:
+            self._tx_opcode = opcode
+        else:
+            return  # control frames are not messages
+        if opcode == OP_TEXT:
+            self.bytes_sent_text += n
+            if fin:
+                self.messages_sent_text += 1
+        elif opcode == OP_BINARY:
+            self.bytes_sent_binary += n
+            if fin:
+                self.messages_sent_binary += 1
+
     def _write_frame(self, opcode: int, payload: bytes) -> None:
         """One control frame, no questions asked (CoreRules checked what needed checking)."""
         self._write(encode_frame(opcode, payload, mask=self.client))
+
+
+_COUNTERS = operator.attrgetter(*COUNTERS)
+
+
+def sum_counters(connections: Any) -> tuple[int, tuple[int, ...]]:
+    """How many ``connections``, and their message counters added up (in fastws.metrics.CORE_COUNTERS order)."""
+    rows = list(map(_COUNTERS, connections))
+    if not rows:
+        return 0, (0,) * 8
+    return len(rows), tuple(map(sum, zip(*rows, strict=True)))
 
 
 def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
@@ -389,7 +446,7 @@ def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
     if type(opcode) is not int or not OP_CONT <= opcode <= OP_BINARY:
         check_frame_args(opcode, payload, True)
     frame = None
-    sent = 0
+    sent = size = 0
     for conn in connections:
         if conn.state != OPEN:
             continue
@@ -398,6 +455,8 @@ def broadcast(connections: Any, opcode: int, payload: bytes) -> int:
         else:
             if frame is None:
                 frame = encode_frame(opcode, payload)
+                size = payload_size(payload)
+            conn._count_sent(opcode, size, True)
             conn._write(frame)
         sent += 1
     return sent

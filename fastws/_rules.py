@@ -52,6 +52,7 @@ from .frames import (
 )
 
 __all__ = [
+    "COUNTERS",
     "OPEN",
     "CLOSING",
     "CLOSED",
@@ -339,4 +340,17 @@ RULES = (
     "fail",
     "connection_closed",
     "closed_error",
+)
+
+# The message counters both ProtocolCore twins keep (C integers in the compiled one),
+# in the order sum_counters() adds them up; fastws.metrics reads them.
+COUNTERS = (
+    "messages_received_text",
+    "messages_received_binary",
+    "bytes_received_text",
+    "bytes_received_binary",
+    "messages_sent_text",
+    "messages_sent_binary",
+    "bytes_sent_text",
+    "bytes_sent_binary",
 )

@@ -34,6 +34,7 @@ def apply_mask(data: _BytesLike, mask: _BytesLike) -> bytes: ...
 def frame_header(opcode: int, length: int, fin: bool = True, rsv1: bool = False, masked: bool = False) -> bytes: ...
 def encode_frame(opcode: int, payload: _BytesLike, fin: bool = True, rsv1: bool = False, mask: bool = False) -> bytes: ...
 def broadcast(connections: Iterable[ProtocolCore], opcode: int, payload: _BytesLike) -> int: ...
+def sum_counters(connections: Iterable[ProtocolCore]) -> tuple[int, tuple[int, ...]]: ...
 
 # cdef classes: each has its own C layout (PEP 800).
 @disjoint_base
@@ -55,6 +56,16 @@ class ProtocolCore:
     writing_paused: bool
     max_size: int | None
     max_fragments: int | None
+    # Message counters (read only on the compiled core): messages delivered or
+    # framed by send(), payload bytes before compression, by type.
+    messages_received_text: int
+    messages_received_binary: int
+    bytes_received_text: int
+    bytes_received_binary: int
+    messages_sent_text: int
+    messages_sent_binary: int
+    bytes_sent_text: int
+    bytes_sent_binary: int
     # The hot outputs, plain callables that the asyncio layer points at the
     # transport and the listener: _write(frame), _writelines((header, payload)),
     # _on_message(core, data, is_text).

@@ -30,6 +30,7 @@ from .defaults import MAX_SIZE, PING_INTERVAL, PING_TIMEOUT
 from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .http import PageAndHealth
 from .loop import event_loop_name, run, uvloop
+from .metrics import JsonFormatter, MetricsExporter, bind_slot, start_publishing
 from .pubsub import make_broker
 from .server import Server, create_server, serve
 from .workers import Supervisor, WorkerStartError
@@ -159,6 +160,7 @@ class ServeConfig:
     use_uvloop: bool | None
     tls: TLSFiles | None = None  # what SIGHUP reloads
     options: dict[str, Any] = field(default_factory=dict)  # passed to create_server / serve
+    metrics: tuple[str, int] | None = None  # --metrics: where to serve /metrics
 
     @property
     def scheme(self) -> str:
@@ -198,7 +200,31 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         use_uvloop=loop_choice(args.loop),
         options=options,
         tls=tls,
+        metrics=None if args.metrics is None else metrics_address(args.metrics, args.host),
     )
+
+
+def metrics_address(text: str, default_host: str) -> tuple[str, int]:
+    """``--metrics [HOST:]PORT`` (an IPv6 host in brackets); the host defaults to ``--host``'s."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host = default_host
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        number = port_number(port)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise UsageError(f"--metrics: {text!r} is not [HOST:]PORT") from None
+    return host or default_host, number
+
+
+def start_exporter(config: ServeConfig, slots: int) -> MetricsExporter:
+    assert config.metrics is not None
+    host, port = config.metrics
+    try:
+        return MetricsExporter(host, port, slots)
+    except OSError as exc:
+        raise UsageError(f"--metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 # -- serve: running ------------------------------------------------------------------------
@@ -237,6 +263,7 @@ async def run_server(
     if worker and config.tls is not None:  # a worker started after a reload reads the files as they are now
         config = replace(config, ssl=make_ssl_context(config.tls))
     server = await start_server(config, port, reuse_port=worker, extra_headers=extra_headers)
+    stop_publishing = start_publishing(server)  # --metrics: this process's counters into its slot
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
@@ -264,6 +291,8 @@ async def run_server(
     logger.info("shutting down: closing %d connections with 1001", len(server.connections))
     server.close(1001, "server shutting down")
     await server.wait_closed()
+    if stop_publishing is not None:
+        stop_publishing()
 
 
 def reload_tls(server: Server, files: TLSFiles) -> None:
@@ -295,10 +324,23 @@ def announce(config: ServeConfig, urls: list[str], loop_name: str) -> None:
 
 
 def serve_single(config: ServeConfig) -> int:
+    exporter = None
+    if config.metrics is not None:
+        exporter = start_exporter(config, 1)
+        exporter.workers = 1
+        bind_slot(exporter.block, 0)
+
     def listening(server: Server) -> None:
         announce(config, listening_urls(server, config.scheme), event_loop_name())
+        if exporter is not None:
+            exporter.start()
+            print(f"metrics at {exporter.url}", flush=True)
 
-    run(run_server(config, config.port, listening), use_uvloop=config.use_uvloop)
+    try:
+        run(run_server(config, config.port, listening), use_uvloop=config.use_uvloop)
+    finally:
+        if exporter is not None:
+            exporter.close()
     return 0
 
 
@@ -317,14 +359,22 @@ def worker_main(config: ServeConfig, port: int, report: Callable[[Any], None]) -
 
 
 def serve_workers(config: ServeConfig) -> int:
+    exporter = None if config.metrics is None else start_exporter(config, config.workers)
+
     def started(port: int, infos: list[dict[str, Any]]) -> None:
         announce(config, infos[0]["urls"], infos[0]["loop"])
+        if exporter is not None:
+            exporter.start()
+            print(f"metrics at {exporter.url}", flush=True)
 
     try:
-        supervisor = Supervisor(functools.partial(worker_main, config), config.workers)
+        supervisor = Supervisor(functools.partial(worker_main, config), config.workers, exporter=exporter)
         return supervisor.run(config.host, config.port, started)
     except WorkerStartError as exc:
         raise UsageError(str(exc)) from None
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 # -- connect -------------------------------------------------------------------------------
@@ -464,6 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
     serve_parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve_parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log lines as text or one JSON object each")
+    serve_parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a line per connection when it ends, on logger fastws.access (default on)",
+    )
+    serve_parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, summed over every worker (HOST defaults to --host)",
+    )
 
     connect_parser = sub.add_parser("connect", help="an interactive client: lines typed are sent, messages received are printed")
     connect_parser.add_argument("url", help="ws:// or wss:// URL")
@@ -482,7 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             config = serve_config(args)
             log_format = "%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if config.workers > 1 else "") + ": %(message)s"
-            logging.basicConfig(level=args.log_level.upper(), format=log_format)
+            handler = logging.StreamHandler()
+            handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(log_format))
+            logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+            if not args.access_log:
+                logging.getLogger("fastws.access").setLevel(logging.WARNING)
             return serve_single(config) if config.workers == 1 else serve_workers(config)
         if args.command == "connect":
             return run(interactive_client(args.url, args.max_size or None), use_uvloop=loop_choice(args.loop))

@@ -19,6 +19,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,9 @@ class Connection(_accel.ProtocolCore):
         self.logger = logger or logging.getLogger("fastws.client" if client else "fastws.server")
         self._reading_held = 0  # _HELD_BY_* bits: reading resumes when none is left
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.opened_at = asyncio.get_running_loop().time()  # for the access log's duration
+        self.closed_by: str | None = None  # "server" or "client": who started the closing (None: nobody did)
+        self._ping_sent_at: float | None = None  # the keepalive ping awaiting its pong
         self._abort_handle: asyncio.TimerHandle | None = None
         self._write = transport.write
         # write_frames(data): bytes that already are whole frames go to the transport
@@ -158,6 +162,7 @@ class Connection(_accel.ProtocolCore):
         loop = asyncio.get_running_loop()
         self.received_data = False
         self.ping(b"")
+        self._ping_sent_at = time.monotonic()  # not loop.time(): uvloop's has millisecond steps
         self._unsent_at_ping = self.transport.get_write_buffer_size()
         if self.ping_timeout is None:
             self._keepalive_handle = loop.call_later(self.ping_interval, self._keepalive_ping)  # type: ignore[arg-type]
@@ -188,6 +193,8 @@ class Connection(_accel.ProtocolCore):
     def connection_lost(self, exc: Exception | None) -> None:
         was_open = self.state == OPEN
         self.connection_closed()
+        if self.closed_by is None and self.failure is not None:
+            self.closed_by = "client" if self.client else "server"  # we failed it
         if self._abort_handle is not None:
             self._abort_handle.cancel()
         if self._keepalive_handle is not None:
@@ -208,6 +215,8 @@ class Connection(_accel.ProtocolCore):
 
     def pause_writing(self) -> None:
         super().pause_writing()  # pongs wait
+        if self.server is not None:
+            self.server.metrics.write_paused += 1
         if self.listener.pause_reading_while_writing_paused:
             self._hold_reading(_HELD_BY_WRITES)
         self.listener.pause_writing(self)
@@ -269,12 +278,20 @@ class Connection(_accel.ProtocolCore):
     # -- core hooks ---------------------------------------------------------
 
     def _on_pong(self, payload: bytes) -> None:
+        if self._ping_sent_at is not None and not payload:
+            if self.server is not None:
+                self.server.metrics.ping_rtt(time.monotonic() - self._ping_sent_at)
+            self._ping_sent_at = None
         self.listener.on_pong(self, payload)
 
     def _on_protocol_error(self, exc: ProtocolError) -> None:
+        if self.server is not None:
+            self.server.metrics.protocol_error(exc.code)
         self.listener.on_protocol_error(self, exc)
 
     def _on_close_frame(self, code: int, reason: str) -> None:
+        if self.closed_by is None:
+            self.closed_by = "server" if self.client else "client"
         if self.client:
             # The server closes TCP first; give it close_timeout to do so.
             self._schedule_abort()
@@ -288,6 +305,8 @@ class Connection(_accel.ProtocolCore):
         was_open = self.state == OPEN
         super().close(code, reason)
         if was_open:
+            if self.closed_by is None:
+                self.closed_by = "client" if self.client else "server"
             self._schedule_abort()
 
     def abort(self) -> None:

@@ -94,6 +94,9 @@ class PubSub:
         self.stats: dict[str, int] = dict.fromkeys(
             ("published", "delivered", "dropped", "closed_slow", "received", "sent", "lost", "outages"), 0
         )
+        # Messages and payload bytes written as ready-made frames (write_frames), which
+        # the connections' own counters do not see: text, binary messages; text, binary bytes.
+        self.fanout = [0, 0, 0, 0]
         self._subscribers: dict[str, set[Connection]] = {}
         self._topics_of: dict[Connection, set[str]] = {}  # the other direction: a subscriber's topics
         self._pending: list[tuple[str, bytes, int, bytes]] = []  # (topic, frame, opcode, payload)
@@ -231,7 +234,7 @@ class PubSub:
     def _write_to(self, members: set[Connection], data: bytes, run: list[tuple[str, bytes, int, bytes]]) -> None:
         limit = self.subscriber_buffer
         over = self._over
-        written = 0
+        written = plain = 0
         slow: list[Connection] | None = None
         for conn in members:
             if conn.state != OPEN:
@@ -243,11 +246,18 @@ class PubSub:
                 continue
             if conn.extension is None:
                 conn.write_frames(data)
+                plain += 1
             else:  # compressed connections need their own frames
                 for _, _, opcode, payload in run:
                     conn.send_frame(opcode, payload)
             written += 1
         self.stats["delivered"] += written * len(run)
+        if plain:
+            fanout = self.fanout
+            for _, _, opcode, payload in run:
+                kind = opcode - 1  # 0 text, 1 binary
+                fanout[kind] += plain
+                fanout[kind + 2] += plain * len(payload)
         if slow is not None:
             self._slow(slow, len(run))
 

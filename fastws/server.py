@@ -28,6 +28,7 @@ from .defaults import (
 from .exceptions import ConnectionClosed
 from .extensions.permessage_deflate import CompressionOption
 from .handshake import OriginsType, Response, SelectSubprotocol, ServerHandshake
+from .metrics import ServerMetrics
 from .protocol import ACCEPTED, DECIDING, READING, ProcessRequest, ServerOpening, server_handshake
 from .pubsub import Broker, PubSub, SlowSubscriberPolicy, make_broker
 from .websocket import WebSocket
@@ -163,6 +164,7 @@ class _HandshakeProtocol(asyncio.Protocol):
             return
         error = self.opening.error
         if error is not None:
+            self.server.metrics.handshake_failed(error.status)
             logger.info("%s: refused the handshake: %d %s", _addr(self.peer), error.status, error)
         self._finish()
         self.transport.write(self.opening.answer)
@@ -253,6 +255,7 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
+        self.metrics = ServerMetrics()  # what stats reports, with the connections' own counters
 
     @property
     def connections(self) -> set[Connection]:
@@ -294,11 +297,28 @@ class Server:
             raise TypeError(f"set_ssl_context() needs an ssl.SSLContext, not {type(context).__name__}")
         self.ssl = context
 
+    @property
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters: connections, messages and bytes by type, closes, failures, pub/sub.
+
+        Keys: ``connections_open``, ``connections_total``, ``messages_received``,
+        ``messages_sent``, ``received_bytes``, ``sent_bytes`` (each by ``text`` /
+        ``binary``), ``connections_closed`` (by close code), ``handshake_failures``
+        (by HTTP status), ``protocol_errors`` (by close code), ``write_paused``,
+        ``ping_rtt`` (a histogram of keepalive round trips) and ``pubsub``.
+        """
+        return self.metrics.snapshot(self._connections, self.pubsub)
+
     def _add_connection(self, conn: Connection) -> None:
         self._connections.add(conn)
-        conn.closed.add_done_callback(lambda _: self._connections.discard(conn))
+        self.metrics.connections_total += 1
+        conn.closed.add_done_callback(lambda _: self._connection_ended(conn))
         if self._closing:
             conn.close(1001, "server shutting down")
+
+    def _connection_ended(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+        self.metrics.connection_ended(conn, asyncio.get_running_loop().time())
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

@@ -85,12 +85,15 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     reports: multiprocessing.connection.Connection | None  # None once the worker closed its end
     started: float
+    slot: int  # its slot in the exporter's shared memory, reused by its replacement
 
 
 class Supervisor:
     """Runs ``count`` copies of ``target`` in forked processes until SIGTERM or SIGINT."""
 
-    def __init__(self, target: WorkerTarget, count: int, *, stop_timeout: float = 20.0, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self, target: WorkerTarget, count: int, *, stop_timeout: float = 20.0, start_timeout: float = 30.0, exporter: Any = None
+    ) -> None:
         if "fork" not in multiprocessing.get_all_start_methods():
             raise WorkerStartError("several workers need fork(), which this platform lacks")
         self.target = target
@@ -106,6 +109,8 @@ class Supervisor:
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
         self._reserved: list[socket.socket] = []
+        # fastws.metrics.MetricsExporter (--metrics): each worker publishes into a slot of it.
+        self.exporter = exporter
 
     def run(self, host: str | None, port: int, on_started: Callable[[int, list[Any]], None]) -> int:
         """Start the workers, call ``on_started(port, infos)`` once all listen, supervise; 0 after a clean stop.
@@ -140,7 +145,8 @@ class Supervisor:
 
     def _spawn(self) -> _Worker:
         reports, report_end = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=self._worker_main, args=(report_end,), name="fastws-worker")
+        slot = min(set(range(self.count)) - {w.slot for w in self._workers.values()})
+        process = self._context.Process(target=self._worker_main, args=(report_end, slot), name="fastws-worker")
         # Blocked across fork(): a stop signal reaches the child once its own handlers are in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, {*_STOP_SIGNALS, _RELOAD_SIGNAL})
         try:
@@ -148,11 +154,13 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {*_STOP_SIGNALS, _RELOAD_SIGNAL})
         report_end.close()  # the worker holds the only writing end: EOF means it is gone
-        worker = _Worker(process, reports, time.monotonic())
+        worker = _Worker(process, reports, time.monotonic(), slot)
         self._workers[process.sentinel] = worker
+        if self.exporter is not None:
+            self.exporter.workers = len(self._workers)
         return worker
 
-    def _worker_main(self, report_end: multiprocessing.connection.Connection) -> None:
+    def _worker_main(self, report_end: multiprocessing.connection.Connection, slot: int) -> None:
         """In the forked worker: drop the supervisor's signal set-up, run the target."""
         signal.set_wakeup_fd(-1)
         for sig in _STOP_SIGNALS:
@@ -165,6 +173,8 @@ class Supervisor:
         for worker in self._workers.values():  # the other workers' pipes
             if worker.reports is not None:
                 worker.reports.close()
+        if self.exporter is not None:
+            self.exporter.in_worker(slot)
         try:
             status = self.target(self.port, report_end.send)
         finally:
@@ -249,6 +259,11 @@ class Supervisor:
         worker.process.join()
         if worker.reports is not None:
             worker.reports.close()
+        if self.exporter is not None:
+            self.exporter.retire(worker.slot)  # its last counts stay in the sums
+            self.exporter.workers = len(self._workers)
+            if not self._stopping:
+                self.exporter.worker_restarts += 1
         if self._stopping:
             return
         lived = time.monotonic() - worker.started

@@ -45,6 +45,17 @@ cdef class ProtocolCore:
     # Header and large payload in one call (one writev on uvloop); the
     # asyncio layer points it at transport.writelines.
     cdef public object _writelines
+    # Message counters, read by the metrics (fastws.metrics) and the access log:
+    # messages delivered / framed by send(), payload bytes before compression.
+    cdef readonly unsigned long long messages_received_text
+    cdef readonly unsigned long long messages_received_binary
+    cdef readonly unsigned long long bytes_received_text
+    cdef readonly unsigned long long bytes_received_binary
+    cdef readonly unsigned long long messages_sent_text
+    cdef readonly unsigned long long messages_sent_binary
+    cdef readonly unsigned long long bytes_sent_text
+    cdef readonly unsigned long long bytes_sent_binary
+    cdef int _tx_opcode  # the type of the message being sent, for its continuation frames
 
     # -- the hot path's own --
     cdef Py_ssize_t _max_size  # -1: no limit
@@ -89,3 +100,4 @@ cdef class ProtocolCore:
     # Output: send(), send_frame() and broadcast() come here without a Python call.
     cdef int _send_frame(self, int opcode, object payload, bint fin) except -1
     cdef int _send_raw(self, int opcode, const uint8_t *payload, Py_ssize_t n, bint fin) except -1
+    cdef void _count_sent(self, int opcode, Py_ssize_t n, bint fin) noexcept

@@ -35,8 +35,9 @@ import fastws._pure as PY
 from _twins import feed_buffered, recorder
 from _wsutil import parse_frames, xor_mask
 from fastws import _rules
-from fastws.exceptions import ProtocolError
+from fastws.exceptions import ConnectionClosed, ProtocolError
 from fastws.frames import Opcode
+from fastws.metrics import CORE_COUNTERS
 
 try:
     C = importlib.import_module("fastws._speedups")
@@ -386,6 +387,13 @@ class IdentityExtension:
 
 RECORDERS = {"py": recorder(PY), "c": recorder(C)}
 
+COUNTERS = CORE_COUNTERS  # the names both twins keep, as fastws.metrics reads them
+
+
+def counters(core: Any) -> dict[str, int]:
+    """The message counters of a core (fastws.metrics reads them)."""
+    return {name: getattr(core, name) for name in COUNTERS}
+
 
 def written(data: bytes, client: bool) -> tuple[Any, ...]:
     """A write as the peer sees it: frames unmasked (client keys are random)."""
@@ -417,6 +425,7 @@ def run_core(
         else:
             core.receive_data(BUFFER_KINDS["memoryview" if feed == "memoryview" else "bytearray" if feed == "bytearray" else "bytes"](chunk))
         log.append(("end of chunk", i))
+    log.append(("counters", counters(core)))
     f = core.failure
     log.append(
         (
@@ -741,6 +750,7 @@ def run_ops(which: str, ops: list[tuple[Any, ...]], *, client: bool, extension: 
             result = raised(exc)
         log.append((name, result, written(b"".join(bytes(part) for part in out), bool(client))))
         out.clear()
+    log.append(("counters", counters(core)))
     f = core.failure
     log.append(
         (
@@ -937,5 +947,43 @@ def test_broadcast_arguments(opcode: Any) -> None:
             result: tuple[Any, ...] = ("ok", mod.broadcast(cores, opcode, b"hi"))
         except Exception as exc:  # noqa: BLE001
             result = raised(exc)
-        outcomes.append((result, [written(b"".join(out), client) for out, client in zip(outs, (False, True), strict=True)]))
+        outcomes.append((result, [written(b"".join(out), client) for out, client in zip(outs, (False, True), strict=True)],
+                         [counters(core) for core in cores]))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("mod", [PY, C], ids=["py", "c"])
+def test_counters_count_messages_and_payload_bytes_by_type(mod: Any) -> None:
+    """The exact counts, not only the twins agreeing: delivered and framed messages, payload bytes."""
+    core = mod.ProtocolCore(False)
+    core._write = lambda data: None
+    core._on_message = lambda c, data, is_text: None
+    assert counters(core) == dict.fromkeys(COUNTERS, 0)
+    f = _peer(False)
+    core.receive_data(f(1, "héllo".encode()) + f(2, b"abc", fin=False) + f(9, b"ping") + f(0, b"defg"))
+    core.receive_data(f(1, b"half", fin=False))  # not delivered yet: not counted
+    core.send("abc")  # ASCII str: framed from the str
+    core.send("é")  # 2 bytes
+    core.send(b"12345")
+    core.send(memoryview(array.array("i", [1, 2])))  # 8 bytes, not 2 items
+    core.send_frame(1, b"ab", False)  # a text message in two frames: counted at its last one
+    core.send_frame(0, b"cde")
+    core.ping(b"p")
+    core.pong(b"q")
+    assert mod.broadcast([core], 2, bytearray(b"xy")) == 1
+    assert counters(core) == {
+        "messages_received_text": 1,
+        "messages_received_binary": 1,
+        "bytes_received_text": 6,
+        "bytes_received_binary": 7,
+        "messages_sent_text": 3,
+        "messages_sent_binary": 3,
+        "bytes_sent_text": 3 + 2 + 5,
+        "bytes_sent_binary": 5 + 8 + 2,
+    }
+    assert mod.sum_counters([core, core]) == (2, tuple(2 * value for value in counters(core).values()))
+    assert mod.sum_counters(set()) == (0, (0,) * 8)
+    core.close()
+    with pytest.raises(ConnectionClosed):
+        core.send("late")
+    assert counters(core)["messages_sent_text"] == 3

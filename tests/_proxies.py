@@ -42,9 +42,7 @@ def pproxy_python() -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one creator at a time; the others wait and use it
         if not ready.exists():
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=scaled(120))
-            install = subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", PPROXY], capture_output=True, text=True, timeout=scaled(300)
-            )
+            install = subprocess.run([str(python), "-m", "pip", "install", "-q", PPROXY], capture_output=True, text=True, timeout=scaled(300))
             if install.returncode:
                 pytest.skip(f"cannot install {PPROXY} (set FASTWS_TEST_PPROXY_PYTHON): {install.stderr.strip()[-300:]}")
             ready.touch()

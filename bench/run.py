@@ -879,14 +879,20 @@ def main():
                 for r in rows:
                     if r["server"] in ("fastws", "fastws-py", "picows"):
                         f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
-        with open(os.path.join(RESULTS, "latest.md"), "w") as f:
-            f.write(md)
-        with open(os.path.join(RESULTS, "latest.json"), "w") as f:
-            json.dump({"meta": meta, "rows": rows, "client_rows": client_rows, "skipped": skipped}, f, indent=1,
-                      sort_keys=True)
-        r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-        log(r.stdout.strip() or "charts written")
+        if rows:  # a run of client cases alone leaves the server results as they were
+            with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+                f.write(md)
+            with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+                json.dump({"meta": meta, "rows": rows, "client_rows": client_rows, "skipped": skipped}, f, indent=1,
+                          sort_keys=True)
+            r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            log(r.stdout.strip() or "charts written")
+        if client_rows:
+            with open(os.path.join(RESULTS, "clients-latest.md"), "w") as f:
+                f.write(markdown([], meta, {}) + client_markdown(client_rows))
+            with open(os.path.join(RESULTS, "clients-latest.json"), "w") as f:
+                json.dump({"meta": meta, "client_rows": client_rows}, f, indent=1, sort_keys=True)
         log("results in %s" % RESULTS)
     errors = sum(r["errors"] for r in rows + client_rows)
     if errors:

@@ -51,13 +51,22 @@ def pproxy_python() -> str:
 
 @dataclass
 class Proxies:
-    """pproxy servers in one process: their ports in the order asked, and what they logged."""
+    """pproxy servers in one process: their ports in the order asked, and what they logged.
+
+    ``log()`` is what they logged since ``start_log()`` (a test's servers may get
+    the port of an earlier test's, so each test reads only its own lines).
+    """
 
     ports: list[int]
     log_path: Path
+    _skip: int = 0
 
     def log(self) -> str:
-        return self.log_path.read_text()
+        return "".join(self.log_path.read_text().splitlines(keepends=True)[self._skip :])
+
+    def start_log(self) -> Proxies:
+        self._skip = len(self.log_path.read_text().splitlines())
+        return self
 
 
 @contextlib.contextmanager

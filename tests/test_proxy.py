@@ -57,7 +57,7 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 @pytest.fixture(scope="module")
-def proxies() -> Iterator[Proxies]:
+def proxy_servers() -> Iterator[Proxies]:
     auth = f"#{USER}:{PASSWORD}"
     with pproxy(
         "http://127.0.0.1:0",
@@ -70,10 +70,21 @@ def proxies() -> Iterator[Proxies]:
 
 
 @pytest.fixture(scope="module")
-def tls_proxy(cert_file: str) -> Iterator[Proxies]:
+def tls_proxy_server(cert_file: str) -> Iterator[Proxies]:
     """HTTP CONNECT spoken over TLS to the proxy (an https:// proxy URL)."""
     with pproxy("http+ssl://127.0.0.1:0", cert=cert_file) as running:
         yield running
+
+
+@pytest.fixture
+def proxies(proxy_servers: Proxies) -> Proxies:
+    """The module's proxies, their log read from this test's start."""
+    return proxy_servers.start_log()
+
+
+@pytest.fixture
+def tls_proxy(tls_proxy_server: Proxies) -> Proxies:
+    return tls_proxy_server.start_log()
 
 
 def url(proxies: Proxies, which: int, scheme: str | None = None, auth: str = "") -> str:

@@ -800,8 +800,10 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(), "python": platform.python_version(),
             "cpu": cpu_model(), "ncpu": os.cpu_count(), "quick": args.quick, "reps": reps,
             "warmup": warmup, "duration": duration, "realtime": args.realtime, "run_id": time.strftime("%Y%m%d-%H%M%S")}
-    log("run %s: %d case(s) x %d server(s) x %d rep(s); commit %s; logs in %s" % (
-        meta["run_id"], len(cases), len(servers), reps, meta["commit"], logdir))
+    n_client_cases = sum(c.mode == "client" for c in cases)
+    log("run %s: %d case(s) x %d server(s) + %d client case(s) x %d client(s), x %d rep(s); commit %s; logs in %s" % (
+        meta["run_id"], len(cases) - n_client_cases, len(servers), n_client_cases, len(clients), reps, meta["commit"],
+        logdir))
 
     results = {}   # (server, case name) -> list of rep results
     client_results = {}  # (client, case name) -> list of rep results

@@ -399,6 +399,16 @@ def test_connect_request_and_refusal_stop_the_reconnecting_client(run: Any, no_p
     run(main())
 
 
+def test_socks_without_python_socks_says_what_to_install(run: Any, no_proxy_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "python_socks", None)  # as if not installed
+
+    async def main() -> None:
+        with pytest.raises(ImportError, match=r"pip install 'fastws\[proxy\]'"):
+            await fastws.connect("ws://127.0.0.1:9/", proxy="socks5://127.0.0.1:1080", open_timeout=T)
+
+    run(main())
+
+
 # -- choosing and parsing, without I/O ---------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""fastws load benchmarks: fastws against picows, websockets, aiohttp and Node's ws.
+"""fastws load benchmarks: fastws against picows, websockets, aiohttp and Node's ws, as
+servers (driven by a C load generator) and as clients (driving a C echo server).
 
     python3 bench/run.py --quick     # small subset, about 2-3 minutes
     python3 bench/run.py             # full matrix, 3 repetitions
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 SERVERS_DIR = os.path.join(BENCH, "servers")
+CLIENT_SCRIPT = os.path.join(BENCH, "clients", "echo_client.py")
 RESULTS = os.path.join(BENCH, "results")
 HOME = os.environ.get("FASTWS_BENCH_HOME") or os.path.expanduser("~/.cache/fastws-bench")
 
@@ -87,6 +89,13 @@ class Case:
         return "/fanout" if self.mode == "fanout" else "/"
 
 
+def client_cases(quick=False):
+    """The client benchmarks: each client library drives the C echo server."""
+    if quick:
+        return [Case("client", 64, 256)]
+    return [Case("client", conns, size) for conns in (1, 64) for size in (256, 64 * KiB)]
+
+
 def full_cases():
     cases = []
     for conns in (1, 64):
@@ -98,7 +107,7 @@ def full_cases():
             cases.append(Case("stream", 8, size, text, k))
     cases.append(Case("fanout", 1000, 256))
     cases.append(Case("idle", 10000))
-    return cases + tls_cases() + [Case("idle", 10000, tls=True)]
+    return cases + tls_cases() + [Case("idle", 10000, tls=True)] + client_cases()
 
 
 def tls_cases():
@@ -122,7 +131,7 @@ def tls_run_cases():
 def quick_cases():
     return [Case("rr", 64, 256), Case("rr", 64, 4 * KiB, text=True),
             Case("stream", 8, 64 * KiB, False, 16), Case("fanout", 1000, 256),
-            Case("rr", 64, 256, tls=True), Case("rr", 64, 4 * KiB, text=True, tls=True)]
+            Case("rr", 64, 256, tls=True), Case("rr", 64, 4 * KiB, text=True, tls=True)] + client_cases(quick=True)
 
 
 # --------------------------------------------------------------------- setup
@@ -134,32 +143,32 @@ def run_checked(cmd, **kw):
     return r.stdout
 
 
+def build_c(name, tls=False):
+    """bench/load/<name>.c compiled with `cc -O2` (and OpenSSL with tls=True) into
+    the cache, once per version of its source; RuntimeError when it does not build."""
+    src = os.path.join(BENCH, "load", name + ".c")
+    with open(src, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    out = os.path.join(HOME, "build", "%s-%s%s" % (name, digest, "-tls" if tls else ""))
+    if not os.path.exists(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        flags, libs = (["-DLOADGEN_TLS"], ["-lssl", "-lcrypto"]) if tls else ([], [])
+        log("building %s: %s" % (name, " ".join([cc, "-O2"] + flags + [src] + libs)))
+        run_checked([cc, "-O2", "-Wall"] + flags + ["-o", out + ".tmp", src] + libs)
+        os.replace(out + ".tmp", out)
+    return out
+
+
 def build_loadgen():
     """The load generator, with OpenSSL (--tls) when its headers and libraries
     are there; returns (path, has_tls)."""
-    src = os.path.join(BENCH, "load", "loadgen.c")
-    with open(src, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    cc = os.environ.get("CC", "cc")
-    out = os.path.join(HOME, "build", "loadgen-" + digest)
-    tls_out = out + "-tls"
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    if not os.path.exists(tls_out) and not os.path.exists(tls_out + ".failed"):
-        log("building loadgen with TLS: %s -O2 -DLOADGEN_TLS %s -lssl -lcrypto" % (cc, src))
-        try:
-            run_checked([cc, "-O2", "-Wall", "-DLOADGEN_TLS", "-o", tls_out + ".tmp", src, "-lssl", "-lcrypto"])
-            os.replace(tls_out + ".tmp", tls_out)
-        except RuntimeError as e:
-            log("note: the loadgen does not build with OpenSSL (libssl-dev missing?): TLS cases are skipped\n%s"
-                % str(e)[-600:])
-            open(tls_out + ".failed", "w").close()
-    if os.path.exists(tls_out):
-        return tls_out, True
-    if not os.path.exists(out):
-        log("building loadgen: %s -O2 %s" % (cc, src))
-        run_checked([cc, "-O2", "-Wall", "-o", out + ".tmp", src])
-        os.replace(out + ".tmp", out)
-    return out, False
+    try:
+        return build_c("loadgen", tls=True), True
+    except RuntimeError as e:
+        log("note: the loadgen does not build with OpenSSL (libssl-dev missing?): TLS cases are skipped\n%s"
+            % str(e)[-600:])
+        return build_c("loadgen"), False
 
 
 def make_certificate(workdir):
@@ -327,6 +336,9 @@ DEFAULT_SERVERS = ["fastws", "fastws-py", "picows", "websockets", "aiohttp", "ws
 # Only with --servers: echo only (no /fanout), for the ASGI comparison (see bench/README.md).
 ASGI_SERVERS = ["uvicorn-fastws", "uvicorn-sansio", "uvicorn-wsproto"]
 ALL_SERVERS = DEFAULT_SERVERS + ASGI_SERVERS
+# The client benchmarks (bench/clients/echo_client.py --client NAME): fastws's Listener
+# API, its await API, and the peers' clients.
+ALL_CLIENTS = ["fastws", "fastws-await", "picows", "websockets", "aiohttp"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -504,6 +516,81 @@ def run_one(loadgen, server, case, warmup, duration, cert=None):
     elif rc != 0 and not res["errors"]:
         res["errors"] = 1
     return res
+
+
+def run_client_one(py, echo_server, client, case, warmup, duration):
+    """One client benchmark run against a started echo server; returns a result dict.
+
+    The client (pinned where the load generator goes) measures its own CPU time in
+    the window; the echo server's is sampled at its MEASURE_START / MEASURE_END.
+    """
+    cmd = [py, "-u", CLIENT_SCRIPT, "--client", client, "--port", str(echo_server.port), "--conns", str(case.conns),
+           "--size", str(case.size), "--warmup", str(warmup), "--duration", str(duration)]
+    res, marks, notes, rc = drive_loadgen(cmd, [echo_server.proc.pid], warmup + duration + 120)
+    res["client_rc"] = rc
+    if notes:
+        res["notes"] = notes[:12]
+    if "MEASURE_START" in marks and "MEASURE_END" in marks:
+        (_, c0, _, b0), (_, c1, _, b1) = marks["MEASURE_START"], marks["MEASURE_END"]
+        res["server_cpu_s"] = round(c1 - c0, 3)
+        res["other_cpu_s"] = round(max(0.0, (b1 - b0) - (c1 - c0) - res.get("client_cpu_s", 0)), 3)
+    if "errors" not in res or (rc != 0 and not res["errors"]):
+        res["errors"] = max(1, res.get("errors", 0))
+    return res
+
+
+def summarize_client(client, case, reps):
+    ok = [r for r in reps if r.get("messages") is not None]
+    first = ok[0] if ok else {}
+    s = {"client": client, "library": first.get("library", client), "version": first.get("version"),
+         "api": first.get("api"), "loop": first.get("loop"), "extension": first.get("extension"),
+         "case": case.name, "conns": case.conns, "size": case.size, "reps": len(reps)}
+    for key in ("msgs_per_s", "msgs_per_client_cpu_s"):
+        vals = [r[key] for r in ok if r.get(key)]
+        s[key], s[key + "_min"], s[key + "_max"] = med(vals), min(vals, default=None), max(vals, default=None)
+    for key in ("mb_per_s", "client_cpu_s", "server_cpu_s", "other_cpu_s", "duration_s"):
+        s[key] = med([r.get(key) for r in ok])
+    w = s["duration_s"] or 0
+    for key in ("client_cpu_s", "server_cpu_s", "other_cpu_s"):
+        s[key[:-2] + "_frac"] = round(s[key] / w, 3) if w and s[key] is not None else None
+    s["errors"] = sum(r.get("errors", 0) for r in reps)
+    return s
+
+
+def add_client_ratios(rows):
+    ref = {r["case"]: r for r in rows if r["client"] == "picows"}
+    for r in rows:
+        p = ref.get(r["case"])
+        for key in ("msgs_per_s", "msgs_per_client_cpu_s"):
+            if p and p.get(key) and r.get(key) is not None:
+                r[key + "_vs_picows"] = round(r[key] / p[key], 3)
+
+
+def client_markdown(rows):
+    out = ["", "## Clients", "",
+           "Each client library drives the same C echo server (`bench/load/echo_server.c`, on the server's CPU); "
+           "every connection keeps one message in flight. **msgs/client-CPU-s** = messages per second of the "
+           "client process's CPU time - the headline number. `echo server CPU` should stay well below 100%.",
+           "",
+           "| case | client | msgs/s (spread) | MB/s | client CPU | msgs/client-CPU-s (spread) | x picows msgs/s | "
+           "x picows msgs/client-CPU-s | echo server CPU | other CPU | errors |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def pct(v):
+        return "%d%%" % round(100 * v) if v is not None else "-"
+
+    def spread(r, key):
+        if r["reps"] > 1:
+            return "%s (%s..%s)" % (fmt(r[key]), fmt(r[key + "_min"]), fmt(r[key + "_max"]))
+        return fmt(r[key])
+
+    for r in rows:
+        name = "%s (%s)" % (r["client"], r["api"]) if r.get("api") else r["client"]
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["case"], name, spread(r, "msgs_per_s"), fmt(r["mb_per_s"], 1), pct(r["client_cpu_frac"]),
+            spread(r, "msgs_per_client_cpu_s"), fmt(r.get("msgs_per_s_vs_picows"), 2),
+            fmt(r.get("msgs_per_client_cpu_s_vs_picows"), 2), pct(r["server_cpu_frac"]), pct(r["other_cpu_frac"]),
+            r["errors"]))
+    return "\n".join(out) + "\n"
 
 
 # ------------------------------------------------------------------ metadata
@@ -715,12 +802,14 @@ def markdown(rows, meta, skipped, baseline=None):
     libs = {}
     for r in rows:
         libs.setdefault(r["server"], r)
-    out.append("- servers: " + "; ".join(
+    out.append("- servers: " + ("; ".join(
         "%s %s (%s%s)" % (n, r.get("version"), r.get("loop"), "".join(
             ", %s=%s" % (k, v) for k, v in r["server_info"].items()
-            if k in ("aiofastnet", "aiofastnet_direct_tls", "extension", "speedups"))) for n, r in libs.items()))
+            if k in ("aiofastnet", "aiofastnet_direct_tls", "extension", "speedups"))) for n, r in libs.items()) or "none"))
     for name, why in skipped.items():
         out.append("- skipped %s: %s" % (name, why))
+    if not rows:  # only client cases were run
+        return "\n".join(out) + "\n"
     out.append("")
     out.append("**msgs/CPU-s** = messages per second of server CPU time (utime+stime) - the headline number. "
                "`x picows` columns are ratios to picows in the same run. `lg CPU` is the load generator's CPU "
@@ -764,6 +853,25 @@ def markdown(rows, meta, skipped, baseline=None):
     return "\n".join(out) + "\n"
 
 
+def run_client_case(py, echo_server, logdir, clients, case, reps, warmup, duration, results):
+    """Every client against a fresh echo server, ``reps`` times, alternating the order."""
+    for rep in range(reps):
+        for name in (clients if rep % 2 == 0 else clients[::-1]):
+            srv = Server("echo_server", [echo_server], {}, logdir)
+            try:
+                if not srv.wait_ready():
+                    raise RuntimeError("the C echo server did not start: %s" % srv.stderr_tail(3))
+                res = run_client_one(py, srv, name, case, warmup, duration)
+            finally:
+                srv.stop()
+            results.setdefault((name, case.name), []).append(res)
+            log("  %-26s %-12s rep %d: %10s msgs/s  %10s msgs/client-CPU-s  client CPU %5ss  echo server CPU %5ss  "
+                "other %5ss  err %s%s" % (
+                    case.name, name, rep + 1, fmt(res.get("msgs_per_s")), fmt(res.get("msgs_per_client_cpu_s")),
+                    res.get("client_cpu_s"), res.get("server_cpu_s"), res.get("other_cpu_s"), res.get("errors"),
+                    ("  notes: " + " | ".join(res["notes"][:3])) if res.get("notes") else ""))
+
+
 # ---------------------------------------------------------------------- main
 
 def main():
@@ -772,6 +880,7 @@ def main():
     ap.add_argument("--tls", action="store_true",
                     help="the wss:// cases only, each after its ws:// twin (the twin on %s only)" % ", ".join(TWIN_SERVERS))
     ap.add_argument("--servers", help="comma separated subset of: " + ",".join(ALL_SERVERS))
+    ap.add_argument("--clients", help="for the client-* cases, comma separated subset of: " + ",".join(ALL_CLIENTS))
     ap.add_argument("--cases", help="comma separated case names or substrings (see --list)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--reps", type=int, help="repetitions (default 3 full, 1 quick)")
@@ -817,6 +926,10 @@ def main():
     for s in servers:
         if s not in ALL_SERVERS:
             sys.exit("unknown server %r (known: %s)" % (s, ", ".join(ALL_SERVERS)))
+    clients = args.clients.split(",") if args.clients else list(ALL_CLIENTS)
+    for c in clients:
+        if c not in ALL_CLIENTS:
+            sys.exit("unknown client %r (known: %s)" % (c, ", ".join(ALL_CLIENTS)))
     if (os.cpu_count() or 1) < 2:
         log("note: fewer than 2 CPUs; server and loadgen share CPU 0")
         globals()["SERVER_CPU"] = 0
@@ -825,6 +938,7 @@ def main():
     t_setup = time.monotonic()
     os.makedirs(HOME, exist_ok=True)
     loadgen, loadgen_tls = build_loadgen()
+    echo_server = build_c("echo_server") if any(c.mode == "client" for c in cases) else None
     py = args.python or setup_venv(args)
     node_modules = setup_node(args) if "ws" in servers else None
     log("setup done in %.1fs (home %s)" % (time.monotonic() - t_setup, HOME))
@@ -856,14 +970,20 @@ def main():
             "cpu": cpu_model(), "ncpu": os.cpu_count(), "quick": args.quick, "reps": reps,
             "warmup": warmup, "duration": duration, "realtime": args.realtime, "run_id": time.strftime("%Y%m%d-%H%M%S"),
             "tls_only": args.tls, "extra_servers": [baseline] if baseline else []}
-    log("run %s: %d case(s) x %d server(s) x %d rep(s); commit %s; logs in %s" % (
-        meta["run_id"], len(cases), len(servers), reps, meta["commit"], logdir))
+    n_client_cases = sum(c.mode == "client" for c in cases)
+    log("run %s: %d case(s) x %d server(s) + %d client case(s) x %d client(s), x %d rep(s); commit %s; logs in %s" % (
+        meta["run_id"], len(cases) - n_client_cases, len(servers), n_client_cases, len(clients), reps, meta["commit"],
+        logdir))
 
     results = {}   # (server, case name) -> list of rep results
+    client_results = {}  # (client, case name) -> list of rep results
     infos = {}
     t0 = time.monotonic()
     with DmaLatency():
         for case in cases:
+            if case.mode == "client":
+                run_client_case(py, echo_server, logdir, clients, case, reps, warmup, duration, client_results)
+                continue
             for rep in range(reps):
                 order = servers if rep % 2 == 0 else servers[::-1]
                 for name in order:
@@ -909,6 +1029,11 @@ def main():
                 rows.append(summarize(name, case, results[(name, case.name)], infos.get(name, {})))
     add_ratios(rows, baseline)
     md = markdown(rows, meta, skipped, baseline)
+    client_rows = [summarize_client(name, case, client_results[(name, case.name)])
+                   for case in cases for name in clients if (name, case.name) in client_results]
+    add_client_ratios(client_rows)
+    if client_rows:
+        md += client_markdown(client_rows)
     print()
     print(md)
 
@@ -931,23 +1056,31 @@ def main():
         with open(os.path.join(RESULTS, "runs.jsonl"), "a") as f:
             for r in rows:
                 f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
+            for r in client_rows:
+                f.write(json.dumps(dict(common, kind="client", **r), sort_keys=True) + "\n")
         if not args.quick and not args.cases and not args.servers and not baseline and not args.tls:
             with open(os.path.join(RESULTS, "history.jsonl"), "a") as f:
                 for r in rows:
                     if r["server"] in ("fastws", "fastws-py", "picows"):
                         f.write(json.dumps(dict(common, **r), sort_keys=True) + "\n")
-        # a --tls run has its own latest files (the full run's stay as they are)
-        prefix = "tls-" if args.tls else ""
-        with open(os.path.join(RESULTS, prefix + "latest.md"), "w") as f:
-            f.write(md)
-        with open(os.path.join(RESULTS, prefix + "latest.json"), "w") as f:
-            json.dump({"meta": meta, "rows": rows, "skipped": skipped}, f, indent=1, sort_keys=True)
-        if not args.tls:
-            r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-            log(r.stdout.strip() or "charts written")
+        if rows:  # a run of client cases alone leaves the server results as they were
+            prefix = "tls-" if args.tls else ""  # a --tls run has its own latest files
+            with open(os.path.join(RESULTS, prefix + "latest.md"), "w") as f:
+                f.write(md)
+            with open(os.path.join(RESULTS, prefix + "latest.json"), "w") as f:
+                json.dump({"meta": meta, "rows": rows, "client_rows": client_rows, "skipped": skipped}, f, indent=1,
+                          sort_keys=True)
+            if not args.tls:
+                r = subprocess.run([py, os.path.join(BENCH, "plot.py"), RESULTS], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+                log(r.stdout.strip() or "charts written")
+        if client_rows:
+            with open(os.path.join(RESULTS, "clients-latest.md"), "w") as f:
+                f.write(markdown([], meta, {}) + client_markdown(client_rows))
+            with open(os.path.join(RESULTS, "clients-latest.json"), "w") as f:
+                json.dump({"meta": meta, "client_rows": client_rows}, f, indent=1, sort_keys=True)
         log("results in %s" % RESULTS)
-    errors = sum(r["errors"] for r in rows)
+    errors = sum(r["errors"] for r in rows + client_rows)
     if errors:
         log("%d error(s) reported by the load generator (see notes above)" % errors)
     return 1 if errors else 0

@@ -20,6 +20,8 @@ from .exceptions import (
     OpenTimeout,
     PayloadTooBig,
     ProtocolError,
+    ProxyError,
+    ProxyTimeout,
 )
 from .handshake import Headers, Request, Response
 from .loop import event_loop_name, new_event_loop, run
@@ -53,6 +55,8 @@ __all__ = [
     "InvalidResponse",
     "InvalidOrigin",
     "InvalidURI",
+    "ProxyError",
+    "ProxyTimeout",
     "ProtocolError",
     "PayloadTooBig",
     "OpenTimeout",

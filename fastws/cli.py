@@ -397,10 +397,10 @@ def read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None]
         pass
 
 
-async def interactive_client(uri: str, max_size: int | None) -> int:
+async def interactive_client(uri: str, max_size: int | None, proxy: str | bool | None = True) -> int:
     try:
-        ws = await connect(uri, max_size=max_size)
-    except InvalidURI as exc:
+        ws = await connect(uri, max_size=max_size, proxy=proxy)
+    except (InvalidURI, ImportError) as exc:  # ImportError: a socks proxy without python-socks
         raise UsageError(str(exc)) from None
     except (OSError, TimeoutError, InvalidHandshake) as exc:
         print(f"fastws: cannot connect to {uri}: {exc or type(exc).__name__}", file=sys.stderr)
@@ -531,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     connect_parser.add_argument("url", help="ws:// or wss:// URL")
     connect_parser.add_argument("--max-size", type=non_negative(int), default=MAX_SIZE, help=MAX_SIZE_HELP)
     connect_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
+    connect_parser.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="connect through this proxy: http://[user:pass@]host:port, https://, socks5://, socks5h://, socks4://; "
+        "'none' connects directly (default: https_proxy, http_proxy or all_proxy from the environment, honouring no_proxy)",
+    )
     return parser
 
 
@@ -551,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logging.getLogger("fastws.access").setLevel(logging.WARNING)
             return serve_single(config) if config.workers == 1 else serve_workers(config)
         if args.command == "connect":
-            return run(interactive_client(args.url, args.max_size or None), use_uvloop=loop_choice(args.loop))
+            proxy = True if args.proxy is None else None if args.proxy.lower() == "none" else args.proxy
+            return run(interactive_client(args.url, args.max_size or None, proxy), use_uvloop=loop_choice(args.loop))
     except UsageError as exc:
         print(f"fastws: error: {exc}", file=sys.stderr)
         return 2

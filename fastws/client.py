@@ -26,9 +26,10 @@ from .defaults import (
     USER_AGENT,
     WRITE_LIMIT,
 )
-from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout
+from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout, ProxyError, ProxyTimeout
 from .extensions.permessage_deflate import CompressionOption, deflate_settings
 from .protocol import ACCEPTED, REFUSED, ClientOpening
+from .proxy import open_tunnel, proxy_for, run_over_tunnel
 from .websocket import WebSocket
 
 __all__ = ["create_connection", "connect", "parse_uri", "WebSocketURI"]
@@ -127,6 +128,8 @@ async def create_connection(
     write_limit: int | tuple[int, int | None] = WRITE_LIMIT,
     compression: CompressionOption = None,
     sock: Any = None,
+    proxy: str | bool | None = True,
+    proxy_ssl: ssl_module.SSLContext | None = None,
 ) -> Connection:
     """Connect to ``uri`` and return the open Connection driving a new ``Listener``.
 
@@ -134,6 +137,13 @@ async def create_connection(
     ``ping_interval``/``ping_timeout`` run keepalive (None disables it); ``write_limit``
     is the write buffer's high-water mark (or ``(high, low)``). Raises ``OpenTimeout``
     (a ``TimeoutError``) when TCP, TLS and the handshake take over ``open_timeout`` seconds.
+
+    ``proxy``: a proxy URL (``http://[user:password@]host:port``, ``https://``,
+    ``socks5://``, ``socks5h://``, ``socks4://``), None for a direct connection, or
+    True (the default) for the environment's, as curl reads it (``https_proxy``,
+    ``http_proxy``, ``all_proxy``, ``no_proxy``); ``proxy_ssl`` is the SSL context
+    for an ``https://`` proxy. A proxy that cannot be reached or refuses raises
+    ``ProxyError`` (``ProxyTimeout`` when it does not answer within ``open_timeout``).
     """
     deflate_settings(compression)  # a bad value is a ValueError before anything else
     target = parse_uri(uri)
@@ -160,14 +170,28 @@ async def create_connection(
     if ssl:
         kwargs["server_hostname"] = server_hostname or target.host
     if sock is not None:
+        if isinstance(proxy, str):
+            raise ValueError("give sock or proxy, not both")
         kwargs["sock"] = sock
+        route = None
     else:
         kwargs["host"], kwargs["port"] = target.host, target.port
+        route = proxy_for(target.secure, target.host, target.port, proxy)
+    tunnel_open = False
+
+    def handshake() -> _HandshakeProtocol:
+        return _HandshakeProtocol(opening, done)
 
     async def open_connection() -> asyncio.Transport:
-        transport = await open_own_tls() if ssl else None
-        if transport is None:
-            transport, _ = await loop.create_connection(lambda: _HandshakeProtocol(opening, done), **kwargs)
+        nonlocal tunnel_open
+        if route is None:
+            transport = await open_own_tls() if ssl else None
+            if transport is None:
+                transport, _ = await loop.create_connection(handshake, **kwargs)
+        else:  # TLS to the server through a tunnel runs on the loop's transport
+            tunnel = await open_tunnel(route, target.host, target.port, proxy_ssl=proxy_ssl, user_agent=user_agent)
+            tunnel_open = True
+            transport = await run_over_tunnel(tunnel, handshake, ssl=kwargs["ssl"], server_hostname=kwargs.get("server_hostname"))
         try:
             await done
         except BaseException:
@@ -212,6 +236,8 @@ async def create_connection(
     except TimeoutError:
         if not deadline.expired():  # the kernel's connect timeout: an OSError, let it be
             raise
+        if route is not None and not tunnel_open:
+            raise ProxyTimeout(f"proxy {route} did not open a tunnel to {uri} within open_timeout={open_timeout} s") from None
         raise OpenTimeout(f"connection to {uri} not open within open_timeout={open_timeout} s") from None
     transport = take_over_transport(transport)
     listener = listener_factory()
@@ -321,7 +347,7 @@ class connect:
 
 def _worth_retrying(exc: Exception) -> bool:
     """Whether another attempt may succeed: network trouble and 5xx or 429 answers, not refusals."""
-    if isinstance(exc, InvalidResponse):
+    if isinstance(exc, (InvalidResponse, ProxyError)):
         return exc.status is None or exc.status == 429 or not 400 <= exc.status < 500
     if isinstance(exc, (InvalidHandshake, ssl_module.SSLCertVerificationError)):
         return False

@@ -10,7 +10,9 @@
     │   ├── InvalidRequest            the client's request is bad (carries the HTTP status to answer)
     │   ├── InvalidResponse           the server's answer is bad or not 101
     │   ├── InvalidOrigin             the Origin header is not allowed (403)
-    │   └── InvalidURI                connect() got a URI it cannot use
+    │   ├── InvalidURI                connect() got a URI (or proxy URL) it cannot use
+    │   └── ProxyError                the proxy could not be reached or did not open the tunnel
+    │       └── ProxyTimeout (also OpenTimeout)   ... did not answer within open_timeout
     ├── ProtocolError                 the peer broke RFC 6455; carries the close code to send
     │   └── PayloadTooBig             a message over max_size (1009)
     ├── OpenTimeout (also TimeoutError)    the client's connection did not open within open_timeout
@@ -36,6 +38,8 @@ __all__ = [
     "InvalidResponse",
     "InvalidOrigin",
     "InvalidURI",
+    "ProxyError",
+    "ProxyTimeout",
     "ProtocolError",
     "PayloadTooBig",
     "OpenTimeout",
@@ -117,6 +121,21 @@ class InvalidURI(InvalidHandshake):
     """A URI that connect() cannot use."""
 
 
+class ProxyError(InvalidHandshake):
+    """The proxy could not be reached, refused the tunnel, or answered nonsense.
+
+    ``status`` is the HTTP status an HTTP proxy refused with (407: it wants
+    credentials, or refused ours; 403: not allowed; 502: it could not reach the
+    server), None when there was no HTTP answer (SOCKS, or a proxy that could not
+    be reached). ``async for ws in connect(...)`` retries it unless ``status`` is a
+    4xx other than 429.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class ProtocolError(FastWSError):
     """The peer violated the protocol; ``code`` is the close code to answer with."""
 
@@ -139,6 +158,10 @@ class OpenTimeout(FastWSError, TimeoutError):
     catches it too. Not an ``InvalidHandshake``: the server did nothing wrong that
     we saw, so ``async for ws in connect(...)`` retries it.
     """
+
+
+class ProxyTimeout(ProxyError, OpenTimeout):
+    """The proxy did not open the tunnel within ``open_timeout``: an ``OpenTimeout`` too."""
 
 
 class InvalidState(FastWSError, RuntimeError):

@@ -25,6 +25,22 @@ Message = str | bytes
 COMPRESS_CHUNK = 128 * 1024
 
 
+def answer_pings(waiters: dict[bytes, tuple[float, Any]], payload: bytes, now: float) -> None:
+    """A pong arrived: resolve its ping's waiter, and those of every ping sent before it (RFC 6455 5.5.3).
+
+    ``waiters`` maps ping payloads to (time sent, future of the round-trip time);
+    asyncio and concurrent.futures futures both do.
+    """
+    if payload not in waiters:
+        return
+    answered_at = waiters[payload][0]
+    for key, (sent_at, waiter) in list(waiters.items()):
+        if sent_at <= answered_at:
+            del waiters[key]
+            if not waiter.done():
+                waiter.set_result(now - sent_at)
+
+
 class WebSocket(Listener):
     """A connection seen from coroutines.
 
@@ -66,16 +82,7 @@ class WebSocket(Listener):
             conn.pause_reading()
 
     def on_pong(self, conn: Connection, payload: bytes) -> None:
-        if payload not in self._pong_waiters:
-            return
-        # A pong answers its ping and every ping sent before it (RFC 6455 5.5.3).
-        answered_at = self._pong_waiters[payload][0]
-        now = self._loop.time()
-        for key, (sent_at, waiter) in list(self._pong_waiters.items()):
-            if sent_at <= answered_at:
-                del self._pong_waiters[key]
-                if not waiter.done():
-                    waiter.set_result(now - sent_at)
+        answer_pings(self._pong_waiters, payload, self._loop.time())
 
     def on_close(self, conn: Connection, code: int, reason: str) -> None:
         for fut in (self._waiter, self._drain_waiter):

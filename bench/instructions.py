@@ -81,7 +81,7 @@ def main():
         if len(cases) != len(wanted):
             sys.exit("unknown case among %s; see bench/run.py --list (rr and stream cases only)" % args.cases)
     os.makedirs(harness.HOME, exist_ok=True)
-    loadgen = harness.build_loadgen()
+    loadgen, _ = harness.build_loadgen()  # (path, has TLS): these cases are ws://
     py = harness.setup_venv(args)
     short, site = harness.install_baseline(py, args.baseline)
     print("| case | fastws@%s Ir/msg | fastws (%s) Ir/msg | ratio |" % (short, harness.git_commit()))

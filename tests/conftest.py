@@ -6,11 +6,13 @@ import asyncio
 import importlib.machinery
 import importlib.util
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+import trustme
 
 # The helpers module sits next to this file; make it importable whatever the rootdir.
 sys.path.insert(0, os.path.dirname(__file__))
@@ -128,3 +130,17 @@ def run(loop_kind: str) -> Callable[..., Any]:
         return result
 
     return runner
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A certificate authority for one test module: its servers' certificates, its clients' trust."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts ``ca`` and nothing else."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    return context

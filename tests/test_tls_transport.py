@@ -21,11 +21,6 @@ from _wsutil import IO_TIMEOUT, build_frame, echo_handler, port_of, raw_server, 
 from fastws import _accel
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def server_context_for(ca: trustme.CA, *names: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*(names or ("127.0.0.1", "localhost"))).configure_cert(context)

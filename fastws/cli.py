@@ -186,7 +186,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         options["ping_timeout"] = args.ping_timeout or None
     if args.broker is not None:
         try:
-            make_broker(args.broker)  # checks the URL and that redis-py is installed; each process connects its own
+            make_broker(args.broker)  # checks the URL and that its client library is installed; each process connects its own
         except (ValueError, ImportError) as exc:
             raise UsageError(f"--broker: {exc}") from None
         options["broker"] = args.broker
@@ -510,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--broker",
         metavar="URL",
-        help="share pub/sub topics (chat rooms) with every server on this broker: redis://host:port/db (default: in-process)",
+        help=(
+            "share pub/sub topics (chat rooms) with every server on this broker: redis://host:port/db, "
+            "redis-cluster://host:port[,host:port...], nats://host:port[,host:port...] (default: in-process)"
+        ),
     )
     serve_parser.add_argument("--loop", choices=LOOP_CHOICES, default="auto", help="event loop (default: uvloop when installed)")
     serve_parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

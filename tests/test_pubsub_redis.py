@@ -4,22 +4,18 @@ topics shared by several servers, exactly-once delivery, outages, the chat comma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import fastws
 import fastws.apps
-from _serveproc import NEUTRAL_CWD, child_env
+from _brokerutil import chat_server, exchange, free_port, start_cli, stop_cli, wait
 from _wsutil import IO_TIMEOUT, scaled, until, uri_of
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
@@ -29,16 +25,6 @@ if shutil.which("redis-server") is None:
 from fastws.pubsub import RedisBroker  # noqa: E402
 
 T = IO_TIMEOUT
-
-
-async def wait(aw: Any) -> Any:
-    return await asyncio.wait_for(aw, T)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:
@@ -103,13 +89,6 @@ async def numsub(redis_server: RedisServer, topic: str) -> int:
         return int(count)
     finally:
         await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def chat_server(broker: Any) -> AsyncIterator[fastws.Server]:
-    server = await fastws.create_server(fastws.apps.ChatListener, "127.0.0.1", 0, broker=broker)
-    async with server:
-        yield server
 
 
 def redis_broker(server: fastws.Server) -> RedisBroker:
@@ -256,50 +235,10 @@ def test_redis_broker_needs_a_redis_url() -> None:
 # -- the command line: two `fastws serve chat` processes on one Redis -------------------------
 
 
-def start_cli(*args: str) -> tuple[subprocess.Popen[str], int]:
-    """``fastws serve ...`` in its own process; returns it and the port it printed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastws", "serve", *args, "--port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=NEUTRAL_CWD,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "ws://" not in line:
-        proc.kill()
-        _, err = proc.communicate(timeout=T)
-        raise AssertionError(f"fastws serve did not start: {line!r} {err[-2000:]!r}")
-    port = int(line.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-    return proc, port
-
-
-def stop_cli(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(T)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(T)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
 async def wait_redis_subscribers(redis_server: RedisServer, topic: str, count: int) -> None:
     """Poll PUBSUB NUMSUB until ``count`` processes subscribed (they do it in the background)."""
     while await numsub(redis_server, topic) < count:
         await asyncio.sleep(0.01)
-
-
-async def exchange(a: Any, b: Any, count: int = 50) -> None:
-    """Both clients speak in turn; each must see everything, in order per speaker."""
-    for i in range(count):
-        await a.send(f"a{i}")
-        await b.send(f"b{i}")
-    for ws in (a, b):
-        got = [await wait(ws.recv()) for _ in range(2 * count)]
-        assert [m for m in got if m.startswith("a")] == [f"a{i}" for i in range(count)]
-        assert [m for m in got if m.startswith("b")] == [f"b{i}" for i in range(count)]
 
 
 def test_two_chat_processes_share_rooms(redis_server: RedisServer) -> None:

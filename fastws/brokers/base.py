@@ -10,11 +10,12 @@ subclasses it and writes three methods (see the README, "Adding a broker").
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from ..pubsub import PubSub
@@ -26,6 +27,24 @@ logger = logging.getLogger("fastws.pubsub")
 # published by other tools (``redis-cli PUBLISH``, ``nats pub``) is told apart.
 MAGIC = b"\xfe"
 HEADER_SIZE = 10
+
+
+class BrokerOptions(TypedDict, total=False):
+    """The options every ``QueuedBroker`` takes (see its docstring)."""
+
+    channel_prefix: str
+    reconnect_min: float
+    reconnect_max: float
+    max_backlog: int
+    connect_timeout: float
+
+
+def require(module: str, kind: str, extra: str) -> None:
+    """Fail early, when the broker is made, if its client library is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"the {kind} broker needs {module.split('.')[0]}: pip install 'fastws[{extra}]'") from None
 
 
 class Broker:
@@ -69,7 +88,8 @@ class QueuedBroker(Broker):
       what arrives to ``_receive(topic, data)``.
     - ``_close_publisher()``: drop the publishing client at the end.
 
-    Local delivery never waits for the broker. While it is disconnected, or
+    Topics are named ``channel_prefix + topic`` on the broker's server (each
+    broker says how). Local delivery never waits for the broker. While it is disconnected, or
     with ``max_backlog`` publishes already waiting, a publish is lost and
     counted in ``stats["lost"]``; an outage is counted once, when it starts,
     and the subscriber reconnects with exponential backoff between
@@ -82,12 +102,14 @@ class QueuedBroker(Broker):
         self,
         url: str,
         *,
+        channel_prefix: str = "fastws:",
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
         max_backlog: int = 10_000,
         connect_timeout: float = 5.0,
     ) -> None:
         self.url = url
+        self.channel_prefix = channel_prefix
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.max_backlog = max_backlog

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Unpack
 
-from .base import QueuedBroker, quietly
+from .base import BrokerOptions, QueuedBroker, quietly, require
 
 
 class RedisBroker(QueuedBroker):
@@ -23,25 +23,10 @@ class RedisBroker(QueuedBroker):
 
     kind = "Redis"
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        channel_prefix: str = "fastws:",
-        reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
-        max_backlog: int = 10_000,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        try:
-            import redis.asyncio  # noqa: F401
-        except ImportError:
-            raise ImportError("the Redis broker needs redis-py: pip install 'fastws[redis]'") from None
-        super().__init__(
-            url, reconnect_min=reconnect_min, reconnect_max=reconnect_max, max_backlog=max_backlog, connect_timeout=connect_timeout
-        )
-        self.channel_prefix = channel_prefix
-        self._prefix = channel_prefix.encode()
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options: Unpack[BrokerOptions]) -> None:
+        require("redis.asyncio", "Redis", "redis")
+        super().__init__(url, **options)
+        self._prefix = self.channel_prefix.encode()
         self._private_channel = self._prefix + b"\x00node:" + self.node.hex().encode()
         self._publisher: Any = None
 

@@ -1,0 +1,284 @@
+"""Pub/sub through a real 3-node Redis Cluster (started by the tests on free loopback ports):
+sharded pub/sub, one subscribing connection per shard, a node killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import fastws
+from _brokerutil import ServerProcess, chat_server, exchange, free_port, remove_dir, start_cli, stop_cli, temp_dir, wait
+from _wsutil import IO_TIMEOUT, scaled, until, uri_of
+
+redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
+if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+    pytest.skip("redis-server is not installed (apt-get install redis-server)", allow_module_level=True)
+
+from redis.crc import key_slot  # noqa: E402
+
+from fastws.brokers.redis_cluster import RedisClusterBroker  # noqa: E402
+
+T = IO_TIMEOUT
+
+
+class RedisCluster:
+    """Three redis-server primaries in cluster mode, no replicas, joined by ``redis-cli --cluster create``.
+
+    A short node timeout so that a killed node is noticed quickly, and partial coverage
+    allowed so that the other shards serve while one is down.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.dir = temp_dir("fastws-cluster-")
+        self.ports: list[int] = []
+        self.nodes: list[ServerProcess] = []
+        taken: set[int] = set()
+        for i in range(size):
+            port, bus = self._free(taken), self._free(taken)
+            node_dir = os.path.join(self.dir, str(i))
+            os.mkdir(node_dir)
+            argv = ["redis-server", "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+                    "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "no", "--dir", node_dir]
+            self.ports.append(port)
+            self.nodes.append(ServerProcess(argv, "Ready to accept connections", f"redis-server :{port}"))
+
+    @staticmethod
+    def _free(taken: set[int]) -> int:
+        while True:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                return port
+
+    @property
+    def url(self) -> str:
+        return "redis-cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in self.ports],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=T,
+        )
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        """Until every node says the cluster is ok (gossip has no event to wait on: poll)."""
+        deadline = time.monotonic() + T
+        while not all(self._ok(port) for port in self.ports):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not become ok")
+            time.sleep(0.02)
+
+    def _ok(self, port: int) -> bool:
+        try:
+            with redis.Redis(port=port, socket_timeout=T) as client:
+                return b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
+        except redis.ConnectionError:
+            return False
+
+    def owner_index(self, topic: str) -> int:
+        """Which node owns ``fastws:<topic>``'s slot."""
+        slot = key_slot(f"fastws:{topic}".encode())
+        with redis.Redis(port=self.ports[0], socket_timeout=T) as client:
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return self.ports.index(int(primary[1]))
+        raise AssertionError(f"slot {slot} is not covered")
+
+    def topics_on_every_node(self, prefix: str) -> list[str]:
+        """One topic per node: ``prefix0``, ``prefix1``... chosen so that each lives on another shard."""
+        found: dict[int, str] = {}
+        i = 0
+        while len(found) < len(self.ports):
+            topic = f"{prefix}{i}"
+            found.setdefault(self.owner_index(topic), topic)
+            i += 1
+        return [found[index] for index in range(len(self.ports))]
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        remove_dir(self.dir)
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+def broker_for(cluster: RedisCluster) -> RedisClusterBroker:
+    return RedisClusterBroker(cluster.url, reconnect_min=0.02, reconnect_max=0.2)
+
+
+def cluster_broker(server: fastws.Server) -> RedisClusterBroker:
+    broker = server.pubsub.broker
+    assert isinstance(broker, RedisClusterBroker)
+    return broker
+
+
+async def shard_subscribers(cluster: RedisCluster, index: int) -> list[int]:
+    """For each client of node ``index`` holding sharded subscriptions: how many it holds."""
+    client = redis.asyncio.Redis(port=cluster.ports[index])
+    try:
+        listing = (await client.execute_command("CLIENT", "LIST")).decode()
+    finally:
+        await client.aclose()
+    counts = []
+    for line in listing.splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if int(fields.get("ssub", "0")) > 0:
+            counts.append(int(fields["ssub"]))
+    return counts
+
+
+def test_two_servers_one_chat_through_sharded_pubsub(run: Any, redis_cluster: RedisCluster) -> None:
+    rooms = redis_cluster.topics_on_every_node("room")  # one room on each shard
+
+    async def main() -> None:
+        async with chat_server(broker_for(redis_cluster)) as one, chat_server(broker_for(redis_cluster)) as two:
+            pairs = []
+            for room in rooms:
+                pairs.append((await fastws.connect(uri_of(one, f"/{room}")), await fastws.connect(uri_of(two, f"/{room}"))))
+            extra = [await fastws.connect(uri_of(one, f"/{room}x{i}")) for room in rooms for i in range(3)]
+            for server in (one, two):
+                await wait(cluster_broker(server).wait_synced())
+            # One subscribing connection per shard and server, whatever the number of topics.
+            for index in range(3):
+                counts = sorted(await shard_subscribers(redis_cluster, index))
+                owned = sum(redis_cluster.owner_index(t) == index for t in one.pubsub.topics)
+                assert len(counts) == 2 and max(counts) == owned, (index, counts, owned)
+            # Each room is one chat across the two servers, in order per publisher, type kept,
+            # and no room hears another's messages.
+            for (a, b), room in zip(pairs, rooms, strict=True):
+                sent_a = [f"{room}:a{i}" for i in range(100)]
+                sent_b = [f"{room}:b{i}".encode() for i in range(100)]
+                for x, y in zip(sent_a, sent_b, strict=True):
+                    await a.send(x)
+                    await b.send(y)
+                for ws in (a, b):
+                    got = [await wait(ws.recv()) for _ in range(200)]
+                    assert [m for m in got if isinstance(m, str)] == sent_a
+                    assert [m for m in got if isinstance(m, bytes)] == sent_b
+            # Nothing more is on the way anywhere (no copy, no other room's message): markers are next.
+            for (a, b), room in zip(pairs, rooms, strict=True):
+                await a.send(f"{room}:marker")
+                assert await wait(a.recv()) == await wait(b.recv()) == f"{room}:marker"
+            for server in (one, two):
+                stats = server.pubsub.stats
+                await until(lambda stats=stats: stats["sent"] + stats["lost"] == stats["published"], what="every publish sent or lost")
+                assert stats["lost"] == 0 and stats["outages"] == 0, stats
+            for ws in [*extra, *[ws for pair in pairs for ws in pair]]:
+                await ws.close()
+
+    run(main(), timeout=60)
+
+
+def test_a_node_killed_and_restarted(run: Any, redis_cluster: RedisCluster) -> None:
+    ops, calm = redis_cluster.topics_on_every_node("ops")[:2]  # on two different shards
+    victim = redis_cluster.nodes[redis_cluster.owner_index(ops)]
+
+    async def main() -> None:
+        async with chat_server(broker_for(redis_cluster)) as one, chat_server(broker_for(redis_cluster)) as two:
+            a, b = await fastws.connect(uri_of(one, f"/{ops}")), await fastws.connect(uri_of(two, f"/{ops}"))
+            c, d = await fastws.connect(uri_of(one, f"/{calm}")), await fastws.connect(uri_of(two, f"/{calm}"))
+            for server in (one, two):
+                await wait(cluster_broker(server).wait_synced())
+            await a.send("before")
+            assert await wait(b.recv()) == "before" and await wait(a.recv()) == "before"
+
+            victim.stop(kill=True)
+            for server in (one, two):
+                await wait(cluster_broker(server).wait_disconnected())
+            for i in range(5):
+                await a.send(f"during {i}")
+            # Local delivery goes on; the other server cannot get these, and they are counted.
+            assert [await wait(a.recv()) for _ in range(5)] == [f"during {i}" for i in range(5)]
+            stats = one.pubsub.stats
+            await until(lambda: stats["sent"] + stats["lost"] == stats["published"], what="every publish sent or lost")
+            assert stats["lost"] == 5 and stats["outages"] == 1, stats
+            assert two.pubsub.stats["outages"] == 1
+            # The other shard keeps carrying its room meanwhile.
+            await c.send("calm")
+            assert await wait(d.recv()) == "calm" and await wait(c.recv()) == "calm"
+
+            victim.start()  # same port, same nodes.conf: it takes its slots back
+            for server in (one, two):
+                await wait(cluster_broker(server).wait_synced())
+            await a.send("after")
+            assert await wait(b.recv()) == "after"  # "during" never reached b: "after" is next
+            assert await wait(a.recv()) == "after"
+            await b.send("back")
+            assert await wait(a.recv()) == "back" and await wait(b.recv()) == "back"
+            await c.send("calm again")
+            assert await wait(d.recv()) == "calm again" and await wait(c.recv()) == "calm again"
+            assert one.pubsub.stats["lost"] == 5 and two.pubsub.stats["lost"] == 0
+            for ws in (a, b, c, d):
+                await ws.close()
+
+    run(main(), timeout=60)
+
+
+def test_cluster_broker_urls() -> None:
+    broker = fastws.pubsub.make_broker("redis-cluster://127.0.0.1:7000,[::1]:7001,localhost")
+    assert isinstance(broker, RedisClusterBroker)
+    assert broker.startup_nodes == [("127.0.0.1", 7000), ("::1", 7001), ("localhost", 6379)]
+
+
+async def wait_shard_subscribers(cluster: RedisCluster, topic: str, count: int) -> None:
+    """Poll PUBSUB SHARDNUMSUB on the owner until ``count`` processes subscribed (they do it in the background)."""
+    client = redis.asyncio.Redis(port=cluster.ports[cluster.owner_index(topic)])
+    try:
+        while True:
+            _, subscribed = await client.execute_command("PUBSUB", "SHARDNUMSUB", f"fastws:{topic}")
+            if int(subscribed) >= count:
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+
+
+def test_two_chat_processes_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    rooms = redis_cluster.topics_on_every_node("hall")[:2]
+    procs = []
+    try:
+        for _ in range(2):
+            procs.append(start_cli("chat", "--broker", redis_cluster.url))
+        ports = [port for _, port in procs]
+
+        async def main() -> None:
+            clients = []
+            for room in rooms:
+                a = await fastws.connect(f"ws://127.0.0.1:{ports[0]}/{room}")
+                b = await fastws.connect(f"ws://127.0.0.1:{ports[1]}/{room}")
+                await wait(wait_shard_subscribers(redis_cluster, room, 2))
+                clients.append((a, b))
+            for (a, b), room in zip(clients, rooms, strict=True):
+                await exchange(a, b, tag=(f"{room}a", f"{room}b"))
+            for (a, b), room in zip(clients, rooms, strict=True):  # rooms isolated: each one's marker is next
+                await b.send(f"{room}:end")
+                assert await wait(a.recv()) == await wait(b.recv()) == f"{room}:end"
+            for pair in clients:
+                for ws in pair:
+                    await ws.close()
+
+        asyncio.run(asyncio.wait_for(main(), scaled(30)))
+    finally:
+        for proc, _ in procs:
+            stop_cli(proc)
+    assert [proc.returncode for proc, _ in procs] == [0, 0]

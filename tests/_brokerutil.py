@@ -13,13 +13,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import fastws
 import fastws.apps
 from _serveproc import NEUTRAL_CWD, child_env
-from _wsutil import IO_TIMEOUT
+from _wsutil import IO_TIMEOUT, until, uri_of
+from fastws.brokers import QueuedBroker
 
 T = IO_TIMEOUT
 
@@ -70,6 +71,9 @@ class ServerProcess:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
 
 
 def drain_in_thread(stream: Any) -> None:
@@ -137,3 +141,109 @@ async def exchange(a: Any, b: Any, count: int = 50, tag: tuple[str, str] = ("a",
         got = [await wait(ws.recv()) for _ in range(2 * count)]
         assert [m for m in got if m.startswith(x)] == [f"{x}{i}" for i in range(count)]
         assert [m for m in got if m.startswith(y)] == [f"{y}{i}" for i in range(count)]
+
+
+B = TypeVar("B", bound=QueuedBroker)
+S = TypeVar("S")
+
+
+def broker_of(server: fastws.Server, kind: type[B] = QueuedBroker) -> B:  # type: ignore[assignment]
+    """The server's broker, checked to be a ``kind`` (``wait_synced``, ``wait_disconnected``...)."""
+    broker = server.pubsub.broker
+    assert isinstance(broker, kind), broker
+    return broker
+
+
+@contextlib.contextmanager
+def running(server: S) -> Iterator[S]:
+    """A test's broker server (``start()``, ``cleanup()``), cleaned up whatever happens."""
+    try:
+        server.start()  # type: ignore[attr-defined]
+        yield server
+    finally:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+async def wait_all_sent_or_lost(server: fastws.Server) -> dict[str, int]:
+    """Until the broker has accounted for every publish (acknowledgements come after delivery)."""
+    stats = server.pubsub.stats
+    await until(lambda: stats["sent"] + stats["lost"] == stats["published"], what="every publish sent or lost")
+    return stats
+
+
+async def one_topic_exactly_once(one: fastws.Server, two: fastws.Server, room: str, count: int = 200) -> None:
+    """Clients of two servers on one broker talk in ``room``: each sees every message once,
+    with its type, in order per publisher, and nothing after the last (a marker is next)."""
+    a = await fastws.connect(uri_of(one, f"/{room}"))
+    b = await fastws.connect(uri_of(two, f"/{room}"))
+    for server in (one, two):
+        await wait(broker_of(server).wait_synced())
+    sent_a = [f"{room}:a{i}" for i in range(count)]
+    sent_b = [f"{room}:b{i}".encode() for i in range(count)]
+    for x, y in zip(sent_a, sent_b, strict=True):
+        await a.send(x)
+        await b.send(y)
+    for ws in (a, b):
+        got = [await wait(ws.recv()) for _ in range(2 * count)]
+        assert [m for m in got if isinstance(m, str)] == sent_a
+        assert [m for m in got if isinstance(m, bytes)] == sent_b
+    await a.send(f"{room}:marker")
+    assert await wait(b.recv()) == await wait(a.recv()) == f"{room}:marker"
+    await a.close()
+    await b.close()
+
+
+async def survives_an_outage(
+    one: fastws.Server,
+    two: fastws.Server,
+    room: str,
+    down: Callable[[], None],
+    up: Callable[[], None],
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Clients of two servers talk in ``room`` while ``down()`` takes the broker (or the
+    shard of ``room``) away and ``up()`` brings it back: local delivery goes on, the 5
+    messages published meanwhile are lost and counted, each server counts one outage,
+    delivery resumes, and nothing arrives twice or late. ``meanwhile`` runs during the outage."""
+    a = await fastws.connect(uri_of(one, f"/{room}"))
+    b = await fastws.connect(uri_of(two, f"/{room}"))
+    for server in (one, two):
+        await wait(broker_of(server).wait_synced())
+    await a.send("before")
+    assert await wait(b.recv()) == "before" and await wait(a.recv()) == "before"
+
+    down()
+    for server in (one, two):
+        await wait(broker_of(server).wait_disconnected())
+    for i in range(5):
+        await a.send(f"during {i}")
+    # Local delivery goes on; the other server cannot get these, and they are counted.
+    assert [await wait(a.recv()) for _ in range(5)] == [f"during {i}" for i in range(5)]
+    stats = await wait_all_sent_or_lost(one)
+    assert stats["lost"] == 5 and stats["outages"] == 1, stats
+    assert two.pubsub.stats["outages"] == 1
+    if meanwhile is not None:
+        await meanwhile()
+
+    up()
+    for server in (one, two):
+        await wait(broker_of(server).wait_synced())
+    await a.send("after")
+    assert await wait(b.recv()) == "after"  # "during" never reached b, nor arrives late: "after" is next
+    assert await wait(a.recv()) == "after"
+    await b.send("back")
+    assert await wait(a.recv()) == "back" and await wait(b.recv()) == "back"
+    assert one.pubsub.stats["lost"] == 5 and two.pubsub.stats["lost"] == 0
+    await a.close()
+    await b.close()
+
+
+async def other_publishers_reach(server: fastws.Server, room: str, publish: Callable[[list[bytes]], Awaitable[None]]) -> None:
+    """Messages another tool publishes (``publish``, without fastws's envelope) reach a
+    subscriber of ``room``: text when they are UTF-8, binary otherwise."""
+    ws = await fastws.connect(uri_of(server, f"/{room}"))
+    await wait(broker_of(server).wait_synced())
+    await publish(["plain text é".encode(), b"\xff\x00 binary"])
+    assert await wait(ws.recv()) == "plain text é"
+    assert await wait(ws.recv()) == b"\xff\x00 binary"
+    await ws.close()

@@ -15,7 +15,7 @@ import pytest
 
 import fastws
 import fastws.apps
-from _brokerutil import chat_server, exchange, free_port, start_cli, stop_cli, wait
+from _brokerutil import broker_of, chat_server, exchange, free_port, other_publishers_reach, running, start_cli, stop_cli, survives_an_outage, wait
 from _wsutil import IO_TIMEOUT, scaled, until, uri_of
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
@@ -70,12 +70,8 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
+    with running(RedisServer()) as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def broker_for(redis_server: RedisServer) -> RedisBroker:
@@ -91,19 +87,13 @@ async def numsub(redis_server: RedisServer, topic: str) -> int:
         await client.aclose()
 
 
-def redis_broker(server: fastws.Server) -> RedisBroker:
-    broker = server.pubsub.broker
-    assert isinstance(broker, RedisBroker)
-    return broker
-
-
 def test_two_servers_form_one_topic_exactly_once_in_order(run: Any, redis_server: RedisServer) -> None:
     async def main() -> None:
         async with chat_server(broker_for(redis_server)) as one, chat_server(broker_for(redis_server)) as two:
             a = await fastws.connect(uri_of(one, "/room"))
             b = await fastws.connect(uri_of(two, "/room"))
-            await wait(redis_broker(one).wait_synced())
-            await wait(redis_broker(two).wait_synced())
+            await wait(broker_of(one, RedisBroker).wait_synced())
+            await wait(broker_of(two, RedisBroker).wait_synced())
             sent_a = [f"a{i}" for i in range(200)]
             sent_b = [f"b{i}".encode() for i in range(200)]
             for x, y in zip(sent_a, sent_b, strict=True):
@@ -134,7 +124,7 @@ def test_two_servers_form_one_topic_exactly_once_in_order(run: Any, redis_server
 def test_redis_subscriptions_are_reference_counted(run: Any, redis_server: RedisServer) -> None:
     async def main() -> None:
         async with chat_server(broker_for(redis_server)) as server:
-            broker = redis_broker(server)
+            broker = broker_of(server, RedisBroker)
             clients = [await fastws.connect(uri_of(server, "/counted")) for _ in range(3)]
             await wait(broker.wait_synced())
             assert await numsub(redis_server, "counted") == 1  # one Redis subscription for three
@@ -151,19 +141,17 @@ def test_redis_subscriptions_are_reference_counted(run: Any, redis_server: Redis
 
 
 def test_messages_from_other_redis_publishers(run: Any, redis_server: RedisServer) -> None:
+    async def publish(messages: list[bytes]) -> None:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        try:
+            for message in messages:
+                await client.publish("fastws:news", message)
+        finally:
+            await client.aclose()
+
     async def main() -> None:
         async with chat_server(broker_for(redis_server)) as server:
-            ws = await fastws.connect(uri_of(server, "/news"))
-            await wait(redis_broker(server).wait_synced())
-            client = redis.asyncio.Redis.from_url(redis_server.url)
-            try:
-                await client.publish("fastws:news", "plain text é")
-                await client.publish("fastws:news", b"\xff\x00 binary")
-            finally:
-                await client.aclose()
-            assert await wait(ws.recv()) == "plain text é"
-            assert await wait(ws.recv()) == b"\xff\x00 binary"
-            await ws.close()
+            await other_publishers_reach(server, "news", publish)
 
     run(main())
 
@@ -171,35 +159,7 @@ def test_messages_from_other_redis_publishers(run: Any, redis_server: RedisServe
 def test_delivery_resumes_after_a_redis_restart_and_losses_are_counted(run: Any, redis_server: RedisServer) -> None:
     async def main() -> None:
         async with chat_server(broker_for(redis_server)) as one, chat_server(broker_for(redis_server)) as two:
-            a = await fastws.connect(uri_of(one, "/ops"))
-            b = await fastws.connect(uri_of(two, "/ops"))
-            for server in (one, two):
-                await wait(redis_broker(server).wait_synced())
-            await a.send("before")
-            assert await wait(b.recv()) == "before"
-            assert await wait(a.recv()) == "before"
-
-            redis_server.stop()
-            await wait(redis_broker(one).wait_disconnected())
-            await wait(redis_broker(two).wait_disconnected())
-            for i in range(5):
-                await a.send(f"during {i}")
-            # Local delivery goes on; the other server cannot get these.
-            assert [await wait(a.recv()) for _ in range(5)] == [f"during {i}" for i in range(5)]
-            assert one.pubsub.stats["lost"] == 5
-            assert one.pubsub.stats["outages"] == 1
-
-            redis_server.start()  # same port
-            for server in (one, two):
-                await wait(redis_broker(server).wait_synced())
-            await a.send("after")
-            assert await wait(b.recv()) == "after"  # "during" never reached b: "after" is next
-            assert await wait(a.recv()) == "after"
-            await b.send("back")
-            assert await wait(a.recv()) == "back"
-            assert one.pubsub.stats["lost"] == 5 and two.pubsub.stats["lost"] == 0
-            await a.close()
-            await b.close()
+            await survives_an_outage(one, two, "ops", down=redis_server.stop, up=redis_server.start)  # same port
 
     run(main())
 
@@ -209,7 +169,7 @@ def test_server_starts_while_redis_is_down(run: Any) -> None:
 
     async def main() -> None:
         async with chat_server(RedisBroker(down.url, reconnect_min=0.02, reconnect_max=0.1)) as server:
-            broker = redis_broker(server)
+            broker = broker_of(server, RedisBroker)
             assert broker.connected is False and server.pubsub.stats["outages"] == 1
             ws = await fastws.connect(uri_of(server, "/solo"))
             await ws.send("local only")

@@ -258,6 +258,12 @@ class QueuedBroker(Broker):
             await self._pause(self._delay * random.uniform(0.8, 1.2))
             self._delay = min(self._delay * 2, self.reconnect_max)
 
+    async def _publisher_drained(self) -> None:
+        """When closing: wait (briefly) for the publisher to send its backlog, for a
+        broker whose session owns the connection the publisher uses."""
+        if self._closing and len(self._tasks) == 2:
+            await asyncio.wait([self._tasks[1]], timeout=self.connect_timeout)
+
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if the broker closes meanwhile."""
         assert self._stop is not None

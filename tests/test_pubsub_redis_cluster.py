@@ -30,7 +30,7 @@ from _brokerutil import (
     wait,
     wait_all_sent_or_lost,
 )
-from _wsutil import IO_TIMEOUT, scaled, uri_of
+from _wsutil import IO_TIMEOUT, scaled, until, uri_of
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
 if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
@@ -209,15 +209,62 @@ def test_a_node_killed_and_restarted(run: Any, redis_cluster: RedisCluster) -> N
     run(main(), timeout=60)
 
 
+async def move_slot(cluster: RedisCluster, slot: int, source: int, target: int) -> None:
+    """Hand an (empty) slot from node ``source`` to node ``target``, as a resharding does."""
+    clients = [redis.asyncio.Redis(port=port) for port in cluster.ports]
+    try:
+        ids = [(await client.execute_command("CLUSTER", "MYID")).decode() for client in clients]
+        await clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        await clients[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        for index in (target, source, *[i for i in range(len(clients)) if i not in (source, target)]):
+            await clients[index].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_subscriptions_follow_a_slot_that_moves(run: Any, redis_cluster: RedisCluster) -> None:
+    room = "moving"
+    source = redis_cluster.owner_index(room)
+    target = (source + 1) % 3
+
+    async def main() -> None:
+        async with chat_server(broker_for(redis_cluster)) as one, chat_server(broker_for(redis_cluster)) as two:
+            a, b = await fastws.connect(uri_of(one, f"/{room}")), await fastws.connect(uri_of(two, f"/{room}"))
+            for server in (one, two):
+                await wait(broker_of(server, RedisClusterBroker).wait_synced())
+            await a.send("before")
+            assert await wait(b.recv()) == "before" and await wait(a.recv()) == "before"
+            await move_slot(redis_cluster, key_slot(f"fastws:{room}".encode()), source, target)
+            # The old owner drops the subscriptions (sunsubscribe); both servers map the slots
+            # again and subscribe at the new owner, without an outage.
+            await wait(wait_shard_subscribers(redis_cluster, room, 2, index=target))
+            for server in (one, two):
+                await until(lambda server=server: broker_of(server, RedisClusterBroker).owner(room) == ("127.0.0.1", redis_cluster.ports[target]),
+                            what="the new slot map")
+            await a.send("after")
+            assert await wait(b.recv()) == "after" and await wait(a.recv()) == "after"
+            await b.send("back")
+            assert await wait(a.recv()) == "back" and await wait(b.recv()) == "back"
+            for server in (one, two):
+                stats = await wait_all_sent_or_lost(server)
+                assert stats["lost"] == 0 and stats["outages"] == 0, stats
+            for ws in (a, b):
+                await ws.close()
+
+    run(main(), timeout=60)
+
+
 def test_cluster_broker_urls() -> None:
     broker = fastws.pubsub.make_broker("redis-cluster://127.0.0.1:7000,[::1]:7001,localhost")
     assert isinstance(broker, RedisClusterBroker)
     assert broker.startup_nodes == [("127.0.0.1", 7000), ("::1", 7001), ("localhost", 6379)]
 
 
-async def wait_shard_subscribers(cluster: RedisCluster, topic: str, count: int) -> None:
-    """Poll PUBSUB SHARDNUMSUB on the owner until ``count`` processes subscribed (they do it in the background)."""
-    client = redis.asyncio.Redis(port=cluster.ports[cluster.owner_index(topic)])
+async def wait_shard_subscribers(cluster: RedisCluster, topic: str, count: int, index: int | None = None) -> None:
+    """Poll PUBSUB SHARDNUMSUB on the owner (or node ``index``) until ``count`` processes
+    subscribed (they do it in the background)."""
+    client = redis.asyncio.Redis(port=cluster.ports[cluster.owner_index(topic) if index is None else index])
     try:
         while True:
             _, subscribed = await client.execute_command("PUBSUB", "SHARDNUMSUB", f"fastws:{topic}")

@@ -57,6 +57,7 @@ class RedisClusterBroker(QueuedBroker):
         self._resync: asyncio.Event | None = None
         self._remap = False
         self._background: set[asyncio.Task[None]] = set()
+        self._suspect: set[Node] = set()  # nodes whose shard failed: their publisher may be stale
 
     # -- the slot map ---------------------------------------------------------------------
 
@@ -189,24 +190,30 @@ class RedisClusterBroker(QueuedBroker):
         if self._resync is None:
             self._resync = asyncio.Event()
         resync = self._resync
+        remaps = 0
         try:
             await self._map_slots()
             self._remap = False
             while not self._closing:
                 resync.clear()
                 self._topics_changed.clear()
+                if self._remap or any(shard.moved for shard in self._shards.values()):
+                    # A slot moved or a publish was refused: map again now, no outage, unless
+                    # the map keeps being wrong (then the backoff of an outage applies).
+                    remaps += 1
+                    if remaps > 3:
+                        raise ConnectionError("the slot map keeps changing")
+                    self._remap = False
+                    await self._map_slots()
                 self._plan()
                 await self._wait_until(self._settled)
                 failed = [shard for shard in self._shards.values() if shard.failure is not None and not shard.moved]
                 if failed:
                     shard = failed[0]
                     raise ConnectionError(f"shard {shard.node[0]}:{shard.node[1]}: {shard.failure}")
-                if any(shard.moved for shard in self._shards.values()):
-                    self._remap = True
-                if self._remap:  # a slot moved or a publish was refused: map again now, no outage
-                    await self._map_slots()
-                    self._remap = False
+                if self._remap or any(shard.moved for shard in self._shards.values()):
                     continue
+                remaps = 0
                 self._subscribed = set().union(*[shard.subscribed for shard in self._shards.values()])
                 if not self.connected:
                     self._set_up()
@@ -303,6 +310,8 @@ class _Shard:
             await asyncio.wait([self.task], timeout=self.broker.connect_timeout)
 
     async def _run(self) -> None:
+        from redis.exceptions import ResponseError
+
         broker = self.broker
         client = broker._client(self.node)
         pubsub = client.pubsub()
@@ -313,8 +322,11 @@ class _Shard:
             await self._command(pubsub.ssubscribe, first)
             self.subscribed = first
             reader = asyncio.ensure_future(self._read(pubsub))
-            # The node may be back from an outage: the publishing connection to it is stale.
-            broker._drop_publisher(self.node)
+            if self.node in broker._suspect:
+                # Back from an outage: a publishing connection to it that sat idle meanwhile is
+                # stale (only then: dropping a healthy one would fail the publishes in flight).
+                broker._suspect.discard(self.node)
+                broker._drop_publisher(self.node)
             self.up = True
             while True:
                 added, removed = self.wanted - self.subscribed, self.subscribed - self.wanted
@@ -340,6 +352,9 @@ class _Shard:
         except SlotMoved as exc:
             self.moved = True
             self.failure = exc
+        except ResponseError as exc:  # MOVED: the node does not own a slot we asked it for
+            self.moved = str(exc).startswith(("MOVED", "ASK"))
+            self.failure = exc
         except Exception as exc:
             self.failure = exc
         finally:
@@ -350,6 +365,8 @@ class _Shard:
             await quietly(pubsub.aclose())
             await quietly(client.aclose())
             if self.failure is not None:
+                if not self.moved:
+                    broker._suspect.add(self.node)
                 broker._shard_failed()
 
     async def _command(self, command: Any, topics: set[str]) -> None:

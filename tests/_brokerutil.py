@@ -13,12 +13,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import fastws
 import fastws.apps
-from _serveproc import NEUTRAL_CWD, child_env
+from _serveproc import NEUTRAL_CWD, child_env, serving
 from _wsutil import IO_TIMEOUT, until, uri_of
 from fastws.brokers import QueuedBroker
 
@@ -247,3 +248,66 @@ async def other_publishers_reach(server: fastws.Server, room: str, publish: Call
     assert await wait(ws.recv()) == "plain text é"
     assert await wait(ws.recv()) == b"\xff\x00 binary"
     await ws.close()
+
+
+# -- the command line: `fastws serve chat --broker URL --metrics` across an outage --------------
+
+
+def scrape(url: str) -> list[str]:
+    with urllib.request.urlopen(url, timeout=T) as response:
+        return response.read().decode().splitlines()
+
+
+async def scraped(url: str, *samples: str) -> None:
+    """Until ``url`` (a process's --metrics) serves every line of ``samples``: counters have no event to wait on."""
+    lines: list[str] = []
+
+    def ready() -> bool:
+        nonlocal lines
+        lines = scrape(url)
+        return all(sample in lines for sample in samples)
+
+    deadline = asyncio.get_running_loop().time() + T
+    while not await asyncio.to_thread(ready):
+        assert asyncio.get_running_loop().time() < deadline, f"{samples} not served within {T} s: {lines}"
+        await asyncio.sleep(0.02)
+
+
+async def chat_processes_survive_an_outage(
+    broker_url: str, room: str, down: Callable[[], None], up: Callable[[], None], subscribed: Callable[[int], Awaitable[None]]
+) -> None:
+    """Two ``fastws serve chat --broker`` processes form one chat in ``room`` while ``down()``
+    takes the broker (or the room's shard) away and ``up()`` brings it back: their --metrics say
+    when each is disconnected and connected again, the publishes in between are counted lost,
+    and delivery resumes with nothing twice. ``subscribed(n)`` waits for n subscriptions at the broker."""
+    args = ("chat", "--broker", broker_url, "--port", "0", "--metrics", "127.0.0.1:0", "--log-level", "warning")
+    async with serving(*args) as one, serving(*args) as two:
+        urls = []
+        for process in (one, two):
+            line = await asyncio.to_thread(process.next_line)
+            assert line is not None and line.startswith("metrics at "), line
+            urls.append(line.removeprefix("metrics at "))
+        a = await fastws.connect(f"ws://127.0.0.1:{one.port}/{room}")
+        b = await fastws.connect(f"ws://127.0.0.1:{two.port}/{room}")
+        await wait(subscribed(2))
+        await exchange(a, b, count=20)
+
+        down()
+        for url in urls:
+            await scraped(url, "fastws_pubsub_broker_connected 0")
+        for i in range(5):
+            await a.send(f"a-during{i}")
+        assert [await wait(a.recv()) for _ in range(5)] == [f"a-during{i}" for i in range(5)]  # local delivery goes on
+        await scraped(urls[0], "fastws_pubsub_lost_total 5")
+
+        up()
+        for url in urls:
+            await scraped(url, "fastws_pubsub_broker_connected 1")
+        await wait(subscribed(2))
+        await exchange(a, b, count=20, tag=("a-after", "b-after"))  # only these: nothing late, nothing twice
+        await a.send("a-end")
+        assert await wait(b.recv()) == "a-end" and await wait(a.recv()) == "a-end"
+        await scraped(urls[0], "fastws_pubsub_lost_total 5")
+        await scraped(urls[1], "fastws_pubsub_lost_total 0")
+        await a.close()
+        await b.close()

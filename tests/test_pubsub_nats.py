@@ -16,6 +16,7 @@ import fastws
 from _brokerutil import (
     ServerProcess,
     broker_of,
+    chat_processes_survive_an_outage,
     chat_server,
     exchange,
     free_port,
@@ -204,3 +205,13 @@ def test_two_chat_processes_share_rooms_through_nats(nats_server: NatsServer) ->
         for proc, _ in procs:
             stop_cli(proc)
     assert [proc.returncode for proc, _ in procs] == [0, 0]
+
+
+def test_two_chat_processes_across_a_nats_restart(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        await chat_processes_survive_an_outage(
+            nats_server.url, "crowd", down=lambda: nats_server.stop(kill=True), up=nats_server.start,
+            subscribed=lambda count: nats_server.wait_subscriptions("fastws.crowd", count),
+        )
+
+    asyncio.run(asyncio.wait_for(main(), scaled(60)))  # the processes are the servers: one client loop is enough

@@ -17,6 +17,7 @@ import fastws
 from _brokerutil import (
     ServerProcess,
     broker_of,
+    chat_processes_survive_an_outage,
     chat_server,
     exchange,
     free_port,
@@ -304,3 +305,16 @@ def test_two_chat_processes_on_a_cluster(redis_cluster: RedisCluster) -> None:
         for proc, _ in procs:
             stop_cli(proc)
     assert [proc.returncode for proc, _ in procs] == [0, 0]
+
+
+def test_two_chat_processes_across_a_node_restart(redis_cluster: RedisCluster) -> None:
+    room = "crowd"
+    victim = redis_cluster.nodes[redis_cluster.owner_index(room)]
+
+    async def main() -> None:
+        await chat_processes_survive_an_outage(
+            redis_cluster.url, room, down=lambda: victim.stop(kill=True), up=victim.start,
+            subscribed=lambda count: wait_shard_subscribers(redis_cluster, room, count),
+        )
+
+    asyncio.run(asyncio.wait_for(main(), scaled(60)))  # the processes are the servers: one client loop is enough

@@ -53,18 +53,47 @@ class RedisCluster:
 
     def __init__(self, size: int = 3) -> None:
         self.dir = temp_dir("fastws-cluster-")
+        self.primaries = size
         self.ports: list[int] = []
         self.nodes: list[ServerProcess] = []
-        taken: set[int] = set()
-        for i in range(size):
-            port, bus = self._free(taken), self._free(taken)
-            node_dir = os.path.join(self.dir, str(i))
-            os.mkdir(node_dir)
-            argv = ["redis-server", "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
-                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
-                    "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "no", "--dir", node_dir]
-            self.ports.append(port)
-            self.nodes.append(ServerProcess(argv, "Ready to accept connections", f"redis-server :{port}"))
+        self._taken: set[int] = set()
+        for _ in range(size):
+            self._add_node()
+
+    def _add_node(self) -> ServerProcess:
+        port, bus = self._free(self._taken), self._free(self._taken)
+        node_dir = os.path.join(self.dir, str(len(self.nodes)))
+        os.mkdir(node_dir)
+        argv = ["redis-server", "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+                "--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0", "--save", "", "--appendonly", "no", "--dir", node_dir]
+        self.ports.append(port)
+        node = ServerProcess(argv, "Ready to accept connections", f"redis-server :{port}")
+        self.nodes.append(node)
+        return node
+
+    def add_replica(self, primary: int) -> int:
+        """Start a node and make it a replica of node ``primary``; returns its index."""
+        self._add_node().start()
+        index = len(self.nodes) - 1
+        with redis.Redis(port=self.ports[primary], socket_timeout=T) as client:
+            primary_id = client.execute_command("CLUSTER", "MYID").decode()
+        subprocess.run(
+            ["redis-cli", "--cluster", "add-node", f"127.0.0.1:{self.ports[index]}", f"127.0.0.1:{self.ports[primary]}",
+             "--cluster-slave", "--cluster-master-id", primary_id],
+            check=True, capture_output=True, timeout=T,
+        )
+        deadline = time.monotonic() + T
+        while not self._replicating(self.ports[index]):  # no event for "in sync" either: poll
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica did not sync")
+            time.sleep(0.02)
+        self.wait_ok()
+        return index
+
+    def _replicating(self, port: int) -> bool:
+        with redis.Redis(port=port, socket_timeout=T) as client:
+            return client.info("replication").get("master_link_status") == "up"
 
     @staticmethod
     def _free(taken: set[int]) -> int:
@@ -82,16 +111,16 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in self.ports],
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in self.ports[: self.primaries]],
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=T,
         )
         self.wait_ok()
 
-    def wait_ok(self) -> None:
-        """Until every node says the cluster is ok (gossip has no event to wait on: poll)."""
+    def wait_ok(self, nodes: list[int] | None = None) -> None:
+        """Until every node (or those of ``nodes``) says the cluster is ok (gossip has no event to wait on: poll)."""
         deadline = time.monotonic() + T
-        while not all(self._ok(port) for port in self.ports):
+        while not all(self._ok(self.ports[i]) for i in (range(len(self.ports)) if nodes is None else nodes)):
             if time.monotonic() > deadline:
                 raise TimeoutError("the Redis Cluster did not become ok")
             time.sleep(0.02)
@@ -106,7 +135,8 @@ class RedisCluster:
     def owner_index(self, topic: str) -> int:
         """Which node owns ``fastws:<topic>``'s slot."""
         slot = key_slot(f"fastws:{topic}".encode())
-        with redis.Redis(port=self.ports[0], socket_timeout=T) as client:
+        alive = next(port for port, node in zip(self.ports, self.nodes, strict=True) if node.proc is not None)
+        with redis.Redis(port=alive, socket_timeout=T) as client:
             for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     return self.ports.index(int(primary[1]))
@@ -116,11 +146,11 @@ class RedisCluster:
         """One topic per node: ``prefix0``, ``prefix1``... chosen so that each lives on another shard."""
         found: dict[int, str] = {}
         i = 0
-        while len(found) < len(self.ports):
+        while len(found) < self.primaries:
             topic = f"{prefix}{i}"
             found.setdefault(self.owner_index(topic), topic)
             i += 1
-        return [found[index] for index in range(len(self.ports))]
+        return [found[index] for index in range(self.primaries)]
 
     def cleanup(self) -> None:
         for node in self.nodes:
@@ -252,6 +282,28 @@ def test_subscriptions_follow_a_slot_that_moves(run: Any, redis_cluster: RedisCl
                 assert stats["lost"] == 0 and stats["outages"] == 0, stats
             for ws in (a, b):
                 await ws.close()
+
+    run(main(), timeout=60)
+
+
+def test_a_replica_takes_over_from_a_failed_primary(run: Any, redis_cluster: RedisCluster) -> None:
+    room = "failover"
+    primary = redis_cluster.owner_index(room)
+    replica = redis_cluster.add_replica(primary)
+
+    async def main() -> None:
+        async with chat_server(broker_for(redis_cluster)) as one, chat_server(broker_for(redis_cluster)) as two:
+
+            def fail_over() -> None:
+                redis_cluster.nodes[primary].stop(kill=True)
+
+            async def promoted() -> None:  # the cluster elects the replica (node timeout 1 s): nothing to restart
+                await until(lambda: redis_cluster.owner_index(room) == replica, timeout=scaled(20), what="the replica promoted")
+
+            # The killed primary stays down: the brokers find the slot on the promoted replica.
+            await survives_an_outage(one, two, room, down=fail_over, up=lambda: None, meanwhile=promoted)
+            for server in (one, two):
+                assert broker_of(server, RedisClusterBroker).owner(room) == ("127.0.0.1", redis_cluster.ports[replica])
 
     run(main(), timeout=60)
 

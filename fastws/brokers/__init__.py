@@ -4,13 +4,9 @@ One module per broker; ``make_broker`` picks one by the URL's scheme. The
 modules import their client library only when a broker is made, so a broker
 whose library is missing costs nothing until it is asked for.
 
-==================  ==========================================  ================================
-scheme              broker                                       library
-==================  ==========================================  ================================
-redis, rediss, unix ``fastws.brokers.redis.RedisBroker``           ``pip install 'fastws[redis]'``
-redis-cluster       ``fastws.brokers.redis_cluster.RedisClusterBroker``  ``pip install 'fastws[redis]'``
-nats                ``fastws.brokers.nats.NatsBroker``             ``pip install 'fastws[nats]'``
-==================  ==========================================  ================================
+- ``redis://``, ``rediss://``, ``unix://``: ``redis.RedisBroker`` (``pip install 'fastws[redis]'``)
+- ``redis-cluster://``: ``redis_cluster.RedisClusterBroker`` (``pip install 'fastws[redis]'``)
+- ``nats://``: ``nats.NatsBroker`` (``pip install 'fastws[nats]'``)
 """
 
 from __future__ import annotations

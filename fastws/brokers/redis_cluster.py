@@ -89,8 +89,12 @@ class RedisClusterBroker(QueuedBroker):
         return self._slots[key_slot(self._channel(topic))]
 
     async def _map_slots(self) -> None:
-        """Ask the nodes we know, then the URL's, for ``CLUSTER SLOTS``; raise if none answers."""
-        candidates = list(dict.fromkeys([*self._shards, *self._publishers, *self.startup_nodes]))
+        """Ask for ``CLUSTER SLOTS``: the nodes we hold a live subscription to, then the URL's, then
+        the others we know, nodes that just failed last; raise if none answers."""
+        live = [node for node, shard in self._shards.items() if shard.up]
+        known = [*live, *self.startup_nodes, *self._shards, *self._publishers]
+        candidates = [node for node in dict.fromkeys(known) if node not in self._suspect]
+        candidates += [node for node in dict.fromkeys(known) if node in self._suspect]
         errors = []
         for node in candidates:
             client = self._client(node)

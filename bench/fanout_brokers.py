@@ -4,11 +4,12 @@
     python3 bench/fanout_brokers.py                                   # every broker, S = 1 and 2
     python3 bench/fanout_brokers.py --brokers nats --servers 1,2,4 --subscribers 500
 
-Every connection is on one topic (``/pubsub`` of bench/servers/fastws_server.py:
-``conn.subscribe("fanout")``, every message received is published to it). Each
-publisher (a process with one fastws client connection) keeps ``--inflight`` of
-its own messages outstanding: it sends the next when one of its own comes
-back through the topic. The subscribers (one process, raw sockets, never
+Subscribers are spread over ``--topics`` topics (``/pubsub/NAME`` of
+bench/servers/fastws_server.py: a connection subscribes to NAME, and every message
+it sends is published to NAME). Each publisher connection keeps ``--inflight`` of
+its own messages outstanding on its topic: it sends the next when one of its own
+comes back. With one topic, each publisher process has one connection on it;
+with more, the processes share the topics, one connection per topic. The subscribers (one process, raw sockets, never
 parsing) count the bytes they receive; deliveries = bytes / frame size.
 
 Brokers: ``memory`` (one server process, no broker: the ceiling), ``redis``
@@ -38,8 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "servers", "fastws_server.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BROKERS = ["memory", "redis", "redis-cluster", "nats"]
-HANDSHAKE = (b"GET /pubsub HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+HANDSHAKE = ("GET /pubsub/{topic} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
 def free_port() -> int:
@@ -135,10 +136,10 @@ class Broker:
 # -- the load generators (run as this script's child processes) ------------------------
 
 
-def upgrade(port: int) -> tuple[socket.socket, bytes]:
-    """A raw WebSocket connection to ``/pubsub``, non-blocking; and the bytes that followed the 101."""
+def upgrade(port: int, topic: str) -> tuple[socket.socket, bytes]:
+    """A raw WebSocket connection to ``/pubsub/TOPIC``, non-blocking; and the bytes that followed the 101."""
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(HANDSHAKE)
+    sock.sendall(HANDSHAKE.format(topic=topic).encode())
     received = b""
     while b"\r\n\r\n" not in received:
         chunk = sock.recv(4096)
@@ -152,14 +153,15 @@ def upgrade(port: int) -> tuple[socket.socket, bytes]:
     return sock, early
 
 
-def subscriber_main(ports: list[int], per_server: int) -> None:
-    """Open ``per_server`` subscribers on each port; answer each line on stdin with the byte count."""
+def subscriber_main(ports: list[int], per_server: int, topics: int) -> None:
+    """Open ``per_server`` subscribers on each port, spread over the topics t0, t1...; answer
+    each line on stdin with the byte count."""
     sel = selectors.DefaultSelector()
     socks = []
     total = 0  # bytes of frames received (what came with the 101 included)
     for port in ports:
-        for _ in range(per_server):
-            sock, early = upgrade(port)
+        for i in range(per_server):
+            sock, early = upgrade(port, "t%d" % (i % topics))
             total += len(early)
             sel.register(sock, selectors.EVENT_READ)
             socks.append(sock)
@@ -182,21 +184,26 @@ def subscriber_main(ports: list[int], per_server: int) -> None:
             total += n
 
 
-def publisher_main(port: int, ident: int, size: int, inflight: int) -> None:
+def publisher_main(port: int, topics: list[str], ident: int, size: int, inflight: int) -> None:
+    """One connection per topic, each keeping ``inflight`` of its own messages outstanding."""
     import asyncio
 
     import fastws
 
-    async def run() -> None:
-        ws = await fastws.connect("ws://127.0.0.1:%d/pubsub" % port, max_size=1 << 20)
-        message = bytes([ident]) + b"x" * (size - 1)
-        print("ready", flush=True)
+    async def publish(topic: str, index: int) -> None:
+        ws = await fastws.connect("ws://127.0.0.1:%d/pubsub/%s" % (port, topic), max_size=1 << 20)
+        message = bytes([ident, index % 256]) + b"x" * (size - 2)
         for _ in range(inflight):
             await ws.send(message)
         while True:
             got = await ws.recv()
-            if got[:1] == message[:1]:
+            if got[:2] == message[:2]:
                 await ws.send(message)
+
+    async def run() -> None:
+        tasks = [asyncio.ensure_future(publish(topic, i)) for i, topic in enumerate(topics)]
+        print("ready", flush=True)
+        await asyncio.gather(*tasks)
 
     asyncio.run(run())
 
@@ -217,12 +224,16 @@ def measure(kind: str, servers: int, args: argparse.Namespace) -> dict:
             procs.append(server)
             ports.append(int(server.lines[-1].split()[1]))
         me = [args.python, os.path.abspath(__file__)]
-        subs = subprocess.Popen(me + ["--subscriber", ",".join(map(str, ports)), str(args.subscribers)],
+        subs = subprocess.Popen(me + ["--subscriber", ",".join(map(str, ports)), str(args.subscribers), str(args.topics)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert subs.stdout.readline().strip() == "ready"
         time.sleep(args.settle)  # the brokers subscribe in the background: give them a moment
-        pubs = [Proc(me + ["--publisher", str(ports[i % servers]), str(i + 1), str(args.size), str(args.inflight)], "ready")
-                for i in range(args.publishers)]
+        # Publisher process i takes the topics j with j mod P == i, each on one connection to server j mod S.
+        pubs = []
+        for i in range(min(args.publishers, args.topics) if args.topics > 1 else args.publishers):
+            mine = [j for j in range(args.topics) if j % args.publishers == i] or [0]
+            pubs.append(Proc(me + ["--publisher", str(ports[i % servers]), ",".join("t%d" % j for j in mine), str(i + 1),
+                                   str(args.size), str(args.inflight)], "ready"))
         time.sleep(args.warmup)
 
         def sample() -> tuple[float, int, float, float]:
@@ -242,6 +253,7 @@ def measure(kind: str, servers: int, args: argparse.Namespace) -> dict:
         deliveries = (b1 - b0) / frame_size(args.size) / (t1 - t0)
         cpu = (s1 - s0) + (k1 - k0)
         return {"broker": kind, "servers": servers, "publishers": args.publishers, "subscribers_per_server": args.subscribers,
+                "topics": args.topics,
                 "size": args.size, "deliveries_per_s": round(deliveries),
                 "per_cpu_s": round((b1 - b0) / frame_size(args.size) / cpu) if cpu else None,
                 "server_cpu": round((s1 - s0) / (t1 - t0), 2), "broker_cpu": round((k1 - k0) / (t1 - t0), 2),
@@ -254,16 +266,18 @@ def measure(kind: str, servers: int, args: argparse.Namespace) -> dict:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--subscriber":
-        subscriber_main([int(p) for p in sys.argv[2].split(",")], int(sys.argv[3]))
+        subscriber_main([int(p) for p in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4]))
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--publisher":
-        publisher_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        publisher_main(int(sys.argv[2]), sys.argv[3].split(","), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--brokers", default=",".join(BROKERS), help="comma separated subset of: " + ",".join(BROKERS))
     ap.add_argument("--servers", default="1,2", help="server process counts, comma separated (memory: 1 only)")
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes (default 2)")
     ap.add_argument("--subscribers", type=int, default=500, help="subscribers per server process (default 500)")
+    ap.add_argument("--topics", type=int, default=1,
+                    help="topics t0..tN-1: subscribers spread over them, publisher i on topic i mod N (default 1)")
     ap.add_argument("--size", type=int, default=256, help="message size in bytes (default 256)")
     ap.add_argument("--inflight", type=int, default=8, help="own messages outstanding per publisher (default 8)")
     ap.add_argument("--settle", type=float, default=0.5)
@@ -280,8 +294,8 @@ def main() -> int:
         for kind, servers in configs if rep % 2 == 0 else configs[::-1]:  # alternate the order: the machine drifts
             row = measure(kind, servers, args)
             results.setdefault((kind, servers), []).append(row)
-            print("%-14s S=%d P=%d C=%d  %10s deliveries/s  %10s per CPU-s  servers %.2f CPU  broker %.2f CPU" % (
-                kind, servers, args.publishers, args.subscribers, "{:,}".format(row["deliveries_per_s"]),
+            print("%-14s T=%d S=%d P=%d C=%d  %10s deliveries/s  %10s per CPU-s  servers %.2f CPU  broker %.2f CPU" % (
+                kind, args.topics, servers, args.publishers, args.subscribers, "{:,}".format(row["deliveries_per_s"]),
                 "{:,}".format(row["per_cpu_s"] or 0), row["server_cpu"], row["broker_cpu"]), flush=True)
     rows = []
     for config in configs:
@@ -291,12 +305,13 @@ def main() -> int:
             row[key] = statistics.median([r[key] or 0 for r in reps])
         rows.append(row)
     print()
-    print("| broker | servers x subscribers | publishers | deliveries/s | per CPU-second | server CPU | broker CPU | server RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| broker | topics | servers x subscribers | publishers | deliveries/s | per CPU-second | server CPU | broker CPU | server RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print("| %s | %d x %d | %d | %s | %s | %.2f | %.2f | %.1f |" % (
-            row["broker"], row["servers"], row["subscribers_per_server"], row["publishers"], "{:,}".format(round(row["deliveries_per_s"])),
-            "{:,}".format(round(row["per_cpu_s"])), row["server_cpu"], row["broker_cpu"], row["server_rss_kib"] / 1024))
+        print("| %s | %d | %d x %d | %d | %s | %s | %.2f | %.2f | %.1f |" % (
+            row["broker"], row["topics"], row["servers"], row["subscribers_per_server"], row["publishers"],
+            "{:,}".format(round(row["deliveries_per_s"])), "{:,}".format(round(row["per_cpu_s"])),
+            row["server_cpu"], row["broker_cpu"], row["server_rss_kib"] / 1024))
     if args.json:
         with open(args.json, "a") as f:
             for row in rows:

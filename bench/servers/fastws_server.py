@@ -2,7 +2,8 @@
 
 The same script benchmarks both implementations: FASTWS_EXTENSION=1 (compiled
 hot path) or FASTWS_EXTENSION=0 (pure Python), read by fastws at import time.
-``/pubsub`` is the fan-out through a pub/sub topic (``server.publish``); with
+``/pubsub`` is the fan-out through a pub/sub topic (``server.publish``; ``/pubsub/NAME``
+through topic NAME); with
 FASTWS_BENCH_BROKER=redis://... the topic is shared with other processes.
 """
 import os
@@ -23,13 +24,13 @@ class Handler(fastws.Listener):
         if conn.request.path == "/fanout":
             self.fanout = True
             fanout_members.add(conn)
-        elif conn.request.path == "/pubsub":
-            self.topic = True
-            conn.subscribe("fanout")
+        elif conn.request.path == "/pubsub" or conn.request.path.startswith("/pubsub/"):
+            self.topic = conn.request.path[len("/pubsub/"):] or "fanout"  # /pubsub/NAME: topic NAME
+            conn.subscribe(self.topic)
 
     def on_message(self, conn, data, is_text):
         if self.topic:
-            conn.server.publish("fanout", data, is_text)
+            conn.server.publish(self.topic, data, is_text)
         elif self.fanout:
             # the library's broadcast encodes the frame once for every receiver
             fastws.broadcast(fanout_members, data.decode() if is_text else data)

@@ -7,6 +7,7 @@
 #ifdef FASTWS_OPENSSL
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 #include <openssl/bio.h>
@@ -17,12 +18,24 @@
 /* Bytes OpenSSL may read ahead of the record it decrypts. */
 #define FASTWS_TLS_READ_AHEAD 65536
 
+/* A batch of records goes to the socket in one send() of up to this much. */
+#define FASTWS_TLS_BATCH 262144
+
 typedef struct {
     int fd;
     int sys_errno;  /* of the last failed recv()/send() */
     int eof;        /* recv() said 0 */
     int drained;    /* the last recv() was short or said EAGAIN */
+    int batching;   /* records are collected in the thread's batch buffer */
+    size_t batched; /* bytes in it */
+    char *held;     /* records the socket did not take yet (malloc'd), sent before anything else */
+    size_t held_off, held_len;
 } bio_state;
+
+/* The records of one batch, shared by the connections of a thread: a batch
+ * starts and ends within one write call, and what the socket does not take at
+ * its end moves to the connection's ``held``. */
+static __thread char *batch_buffer;
 
 static BIO_METHOD *socket_method;
 static int socket_method_type;
@@ -38,9 +51,19 @@ static int bio_create(BIO *bio)
     return 1;
 }
 
+static void drop_held(bio_state *state)
+{
+    free(state->held);
+    state->held = NULL;
+    state->held_off = state->held_len = 0;
+}
+
 static int bio_destroy(BIO *bio)
 {
-    OPENSSL_free(BIO_get_data(bio));
+    bio_state *state = BIO_get_data(bio);
+    if (state != NULL)
+        drop_held(state);
+    OPENSSL_free(state);
     BIO_set_data(bio, NULL);
     BIO_set_init(bio, 0);
     return 1;
@@ -84,22 +107,99 @@ static int bio_read(BIO *bio, char *buf, int len)
     return -1;
 }
 
+/* send() as much of [buf, buf + len) as the socket takes now: the count, 0 when
+ * it is full, -1 on an error (in state->sys_errno). */
+static ssize_t send_some(bio_state *state, const char *buf, size_t len)
+{
+    ssize_t n;
+    do
+        n = send(state->fd, buf, len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0)
+        return n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return 0;
+    state->sys_errno = errno;
+    return -1;
+}
+
+/* Send held records: 1 when none are left, 0 when the socket is full, -1 on an error. */
+static int flush_held(bio_state *state)
+{
+    ssize_t n;
+    if (state->held == NULL)
+        return 1;
+    n = send_some(state, state->held + state->held_off, state->held_len - state->held_off);
+    if (n < 0)
+        return -1;
+    state->held_off += (size_t)n;
+    if (state->held_off < state->held_len)
+        return 0;
+    drop_held(state);
+    return 1;
+}
+
+/* Send the batch buffer; what the socket does not take becomes ``held``. 0, or -1 on an error. */
+static int flush_batch(bio_state *state)
+{
+    size_t len = state->batched;
+    ssize_t n;
+    state->batched = 0;
+    if (len == 0)
+        return 0;
+    n = state->held == NULL ? send_some(state, batch_buffer, len) : 0;
+    if (n < 0)
+        return -1;
+    if ((size_t)n < len) {
+        char *rest = realloc(state->held, state->held_len + len - (size_t)n);
+        if (rest == NULL) {
+            state->sys_errno = ENOMEM;
+            return -1;
+        }
+        memcpy(rest + state->held_len, batch_buffer + n, len - (size_t)n);
+        state->held = rest;
+        state->held_len += len - (size_t)n;
+    }
+    return 0;
+}
+
+/* A record from OpenSSL: into the batch while one is open (OpenSSL's write
+ * buffer holds one record, and a send() per 16 KiB record was a third of a
+ * bulk stream's system calls), else to the socket; never ahead of held records. */
 static int bio_write(BIO *bio, const char *buf, int len)
 {
     bio_state *state = ready(bio);
     ssize_t n;
+    int flushed;
     if (state == NULL)
         return -1;
-    do
-        n = send(state->fd, buf, (size_t)len, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n >= 0)
-        return (int)n;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        BIO_set_retry_write(bio);
-        return -1;
+    if (state->held != NULL) {
+        flushed = flush_held(state);
+        if (flushed < 0)
+            return -1;
+        if (flushed == 0) {
+            BIO_set_retry_write(bio);
+            return -1;
+        }
     }
-    state->sys_errno = errno;
+    if (state->batching) {
+        if (state->batched + (size_t)len > FASTWS_TLS_BATCH) {
+            if (flush_batch(state) < 0)
+                return -1;
+            if (state->held != NULL) {  /* the socket is full */
+                BIO_set_retry_write(bio);
+                return -1;
+            }
+        }
+        memcpy(batch_buffer + state->batched, buf, (size_t)len);
+        state->batched += (size_t)len;
+        return len;
+    }
+    n = send_some(state, buf, (size_t)len);
+    if (n > 0)
+        return (int)n;
+    if (n == 0)
+        BIO_set_retry_write(bio);
     return -1;
 }
 
@@ -172,9 +272,62 @@ void *fastws_tls_attach(void *ssl_p, int fd)
 
 void fastws_tls_detach(void *bio)
 {
-    if (bio != NULL)
-        ((bio_state *)BIO_get_data(bio))->fd = -1;
+    if (bio != NULL) {
+        bio_state *state = BIO_get_data(bio);
+        state->fd = -1;
+        drop_held(state);
+    }
 }
+
+int fastws_tls_batch(void *bio)
+{
+    bio_state *state = BIO_get_data(bio);
+    if (batch_buffer == NULL && (batch_buffer = malloc(FASTWS_TLS_BATCH)) == NULL)
+        return 0;
+    state->batching = 1;
+    state->batched = 0;
+    return 1;
+}
+
+int fastws_tls_batch_end(void *bio)
+{
+    bio_state *state = BIO_get_data(bio);
+    if (!state->batching)
+        return 0;
+    state->batching = 0;
+    if (state->fd < 0) {
+        state->batched = 0;
+        return 0;
+    }
+    return flush_batch(state) < 0 ? -1 : 0;
+}
+
+ssize_t fastws_tls_unsent(void *bio)
+{
+    bio_state *state = BIO_get_data(bio);
+    return state->held == NULL ? 0 : (ssize_t)(state->held_len - state->held_off);
+}
+
+ssize_t fastws_tls_flush(void *bio)
+{
+    bio_state *state = BIO_get_data(bio);
+    if (state->fd < 0)
+        return 0;
+    if (flush_held(state) < 0)
+        return -1;
+    return fastws_tls_unsent(bio);
+}
+
+int fastws_tls_discard(void *bio)
+{
+    bio_state *state = BIO_get_data(bio);
+    int had = state->held != NULL;
+    drop_held(state);
+    state->batched = 0;
+    return had;
+}
+
+int fastws_tls_errno(void *bio) { return ((bio_state *)BIO_get_data(bio))->sys_errno; }
 
 int fastws_tls_drained(void *bio) { return ((bio_state *)BIO_get_data(bio))->drained; }
 
@@ -275,6 +428,12 @@ int fastws_tls_check(void *ssl, void *owner, void *ctx) { (void)ssl; (void)owner
 void *fastws_tls_attach(void *ssl, int fd) { (void)ssl; (void)fd; return NULL; }
 void fastws_tls_detach(void *bio) { (void)bio; }
 int fastws_tls_drained(void *bio) { (void)bio; return 1; }
+int fastws_tls_batch(void *bio) { (void)bio; return 0; }
+int fastws_tls_batch_end(void *bio) { (void)bio; return 0; }
+ssize_t fastws_tls_unsent(void *bio) { (void)bio; return 0; }
+ssize_t fastws_tls_flush(void *bio) { (void)bio; return 0; }
+int fastws_tls_discard(void *bio) { (void)bio; return 0; }
+int fastws_tls_errno(void *bio) { (void)bio; return 0; }
 static int unsupported(fastws_tls_error *err)
 {
     memset(err, 0, sizeof(*err));

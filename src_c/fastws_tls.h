@@ -38,6 +38,19 @@ void *fastws_tls_attach(void *ssl, int fd);
 void fastws_tls_detach(void *bio);
 /* The last recv() was short or said EAGAIN: the socket had nothing more. */
 int fastws_tls_drained(void *bio);
+/* Collect the records of the next SSL_write() calls and send them together at
+ * fastws_tls_batch_end() (0: no batch buffer, records go out one by one). */
+int fastws_tls_batch(void *bio);
+/* Send the batch; what the socket does not take is held (fastws_tls_unsent).
+ * 0, or -1 on a socket error (fastws_tls_errno). */
+int fastws_tls_batch_end(void *bio);
+/* Bytes of records taken from OpenSSL that the socket has not taken yet. */
+ssize_t fastws_tls_unsent(void *bio);
+/* Send held records: what is still unsent, or -1 on a socket error. */
+ssize_t fastws_tls_flush(void *bio);
+/* Drop held records (the connection is being closed); whether there were any. */
+int fastws_tls_discard(void *bio);
+int fastws_tls_errno(void *bio);
 int fastws_tls_handshake(void *ssl, fastws_tls_error *err);
 /* Bytes read (> 0), or -1 with ``err`` filled. */
 ssize_t fastws_tls_read(void *ssl, char *buf, size_t n, fastws_tls_error *err);

@@ -22,6 +22,12 @@ cdef extern from "fastws_tls.h":
     void *fastws_tls_attach(void *ssl, int fd)
     void fastws_tls_detach(void *bio)
     int fastws_tls_drained(void *bio)
+    int fastws_tls_batch(void *bio)
+    int fastws_tls_batch_end(void *bio)
+    ssize_t fastws_tls_unsent(void *bio)
+    ssize_t fastws_tls_flush(void *bio)
+    int fastws_tls_discard(void *bio)
+    int fastws_tls_errno(void *bio)
     int fastws_tls_handshake(void *ssl, fastws_tls_error *err)
     ssize_t fastws_tls_read(void *ssl, char *buf, size_t n, fastws_tls_error *err)
     ssize_t fastws_tls_write(void *ssl, const char *buf, size_t n, fastws_tls_error *err)
@@ -37,10 +43,18 @@ cdef class TLSTransport(SocketTransport):
     cdef object _on_handshake  # called once: None when the handshake is done, else the error
     cdef bint _handshaking
     cdef bint _handshake_writer  # the loop's writer is installed for the handshake
+    cdef bint _batching  # SSL_write()'s records are collected and sent together (fastws_tls_batch)
 
     cdef _handshake_step(self)
     cdef _handshake_failed(self, exc)
     cdef _drop_handshake_writer(self)
     cdef Py_ssize_t _send(self, const char *p, Py_ssize_t n) except -2
+    cdef Py_ssize_t _ssl_write(self, const char *p, Py_ssize_t n) except -2
+    cdef bint _begin_batch(self)
+    cdef int _end_batch(self) except -1
+    cdef _writelines(self, list items)
+    cdef _write_queue(self)
+    cdef _written(self)
+    cdef _force_close(self, exc)
     cdef _lose(self)
     cdef _enqueue_from(self, item, Py_ssize_t offset)

@@ -119,6 +119,7 @@ cdef class TLSTransport(SocketTransport):
         self._on_handshake = on_handshake
         self._handshaking = True
         self._handshake_writer = False
+        self._batching = False
         self._registered = True  # the handshake reads whatever _reading says
         loop.add_reader(fd, self._read_ready)
         loop.call_soon(self._start)
@@ -235,17 +236,27 @@ cdef class TLSTransport(SocketTransport):
     # -- writing -------------------------------------------------------------
 
     def writelines(self, list_of_data):
-        """The buffers as a stream: the leading ones copied into one record, the rest from where they are."""
-        cdef char first[FIRST_RECORD]
-        cdef Py_buffer view
-        cdef Py_ssize_t filled = 0, taken, sent, index = 0, offset = 0, count
+        """The buffers as a stream: the leading ones copied into one record, the rest from where they are;
+        the records of a call go to the socket together (see ``_begin_batch``)."""
         if self._lost:
             return
-        items = list_of_data if isinstance(list_of_data, (list, tuple)) else list(list_of_data)
+        items = list(list_of_data)
         if self._queued or self._handshaking:
             for item in items:
                 self.write(item)
             return
+        if not self._begin_batch():
+            self._writelines(items)
+            return
+        try:
+            self._writelines(items)
+        finally:
+            self._end_batch()
+
+    cdef _writelines(self, list items):
+        cdef char first[FIRST_RECORD]
+        cdef Py_buffer view
+        cdef Py_ssize_t filled = 0, taken, sent, index = 0, offset = 0, count
         count = len(items)
         # The first record: whole buffers, and the start of the one that does not fit.
         while index < count and filled < FIRST_RECORD:
@@ -285,8 +296,12 @@ cdef class TLSTransport(SocketTransport):
                 PyBuffer_Release(&view)
 
     cdef _enqueue_from(self, item, Py_ssize_t offset):
-        """Queue ``item`` from ``offset``: bytes as they are, other buffers copied."""
-        if PyBytes_CheckExact(item):
+        """Queue ``item`` from ``offset``: bytes as they are, other buffers copied.
+
+        Only the head of the queue keeps an offset (``_queue_offset``): bytes
+        going behind other items are cut (a copy) instead.
+        """
+        if PyBytes_CheckExact(item) and (offset == 0 or not self._queue):
             if offset < PyBytes_GET_SIZE(item):
                 self._enqueue(item, offset)
             return
@@ -294,7 +309,45 @@ cdef class TLSTransport(SocketTransport):
         if data:
             self._enqueue(data, 0)
 
+    cdef bint _begin_batch(self):
+        """Collect the records of the SSL_write() calls until ``_end_batch`` and send them in one go.
+
+        OpenSSL encrypts one record (16 KiB at most) into its write buffer and
+        hands it to the BIO; sent as they come, a MiB was 64 send() calls, each
+        a trip through TCP and, on loopback, through the receiver's side too. In
+        a batch the BIO copies them into a buffer of the thread (256 KiB) and
+        sends it when it is full and at the end; records the socket does not
+        take then are held by the BIO and go first when it is writable again.
+        False when a batch is already open (or cannot be).
+        """
+        if self._batching or self._handshaking:
+            return False
+        if not fastws_tls_batch(self._bio):
+            return False
+        self._batching = True
+        return True
+
+    cdef int _end_batch(self) except -1:
+        self._batching = False
+        if fastws_tls_batch_end(self._bio) < 0:
+            err = fastws_tls_errno(self._bio)
+            self._fatal_error(OSError(err, os.strerror(err)), "Fatal write error on TLS transport")
+        elif fastws_tls_unsent(self._bio) and not self._queued and not self._lost:
+            self._loop.add_writer(self._fd, self._write_ready)  # for the held records
+        return 0
+
     cdef Py_ssize_t _send(self, const char *p, Py_ssize_t n) except -2:
+        """SSL_write() what the socket takes now (a batch when it is more than a record)."""
+        cdef Py_ssize_t done
+        if n <= MAX_RECORD or not self._begin_batch():
+            return self._ssl_write(p, n)
+        try:
+            done = self._ssl_write(p, n)
+        finally:
+            self._end_batch()
+        return -1 if self._lost else done
+
+    cdef Py_ssize_t _ssl_write(self, const char *p, Py_ssize_t n) except -2:
         """SSL_write() what the socket takes now: bytes taken, or -1 after a fatal error.
 
         SocketTransport.write() calls it, and queues what it does not take. Bytes
@@ -319,13 +372,31 @@ cdef class TLSTransport(SocketTransport):
         return done
 
     def _write_ready(self):
-        """The socket takes more: the queue, oldest first, one SSL_write() run per buffer."""
-        cdef Py_ssize_t sent, size
-        cdef object item
-        cdef char *base
+        """The socket takes more: held records first, then the queue, oldest first, in one batch."""
+        cdef ssize_t unsent
         if self._handshaking:
             self._handshake_step()
             return
+        unsent = fastws_tls_flush(self._bio)
+        if unsent < 0:
+            err = fastws_tls_errno(self._bio)
+            self._fatal_error(OSError(err, os.strerror(err)), "Fatal write error on TLS transport")
+            return
+        if unsent:
+            return  # still full
+        if not self._queued or not self._begin_batch():
+            self._write_queue()
+        else:
+            try:
+                self._write_queue()
+            finally:
+                self._end_batch()
+        self._written()
+
+    cdef _write_queue(self):
+        cdef Py_ssize_t sent, size
+        cdef object item
+        cdef char *base
         while self._queued and not self._lost:
             item = self._queue[0]
             if PyBytes_CheckExact(item):
@@ -346,16 +417,36 @@ cdef class TLSTransport(SocketTransport):
             self._queue_offset = 0
             if not self._queue:
                 self._tail = None
-        self._written()
+
+    cdef _written(self):
+        """SocketTransport's, but the writer stays (and a close waits) while records are held."""
+        if self._lost or not fastws_tls_unsent(self._bio):
+            SocketTransport._written(self)
+        else:
+            self._resume_if_low()
 
     # -- closing -------------------------------------------------------------
 
     def close(self):
-        """Stop reading; after everything queued, send close_notify and close."""
+        """Stop reading; after everything queued (and held), send close_notify and close."""
         if self._handshaking:
             self.abort()
             return
-        SocketTransport.close(self)
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if self._queued == 0 and not fastws_tls_unsent(self._bio):
+            self._lose()
+
+    def get_write_buffer_size(self):
+        """Bytes queued plus encrypted records the socket has not taken yet."""
+        return self._queued + fastws_tls_unsent(self._bio)
+
+    cdef _force_close(self, exc):
+        if not self._lost and fastws_tls_discard(self._bio) and not self._queued:
+            self._loop.remove_writer(self._fd)  # it was there for the held records
+        SocketTransport._force_close(self, exc)
 
     cdef _lose(self):
         fastws_tls_shutdown(self._ssl)

@@ -51,6 +51,7 @@ cdef class SocketTransport:
     cdef _enqueue(self, bytes data, Py_ssize_t offset)
     cdef _check_high_water(self)
     cdef _written(self)
+    cdef _resume_if_low(self)
     cdef _lose(self)
     cdef _report(self, message, exc)
     cdef _fatal_error(self, exc, message)

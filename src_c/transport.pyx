@@ -432,16 +432,19 @@ cdef class SocketTransport:
         """After a pass over the queue: resume the protocol, drop the writer, finish a close."""
         if self._lost:
             return
+        self._resume_if_low()
+        if self._queued == 0 and not self._lost:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._lose()
+
+    cdef _resume_if_low(self):
         if self._writing_paused and self._queued <= self._low:
             self._writing_paused = False
             try:
                 self._protocol.resume_writing()
             except Exception as exc:
                 self._report("protocol.resume_writing() failed", exc)
-        if self._queued == 0 and not self._lost:
-            self._loop.remove_writer(self._fd)
-            if self._closing:
-                self._lose()
 
     cdef _lose(self):
         """Closing, everything sent: connection_lost next."""

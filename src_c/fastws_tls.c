@@ -329,6 +329,22 @@ int fastws_tls_discard(void *bio)
 
 int fastws_tls_errno(void *bio) { return ((bio_state *)BIO_get_data(bio))->sys_errno; }
 
+int fastws_tls_keep_buffers(void *ssl_p)
+{
+    SSL *ssl = ssl_p;
+    if (!(SSL_get_mode(ssl) & SSL_MODE_RELEASE_BUFFERS))
+        return 0;
+    SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+    return 1;
+}
+
+void fastws_tls_release_buffers(void *ssl_p)
+{
+    SSL *ssl = ssl_p;
+    SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_free_buffers(ssl);  /* refuses while a buffer holds data: then it goes once empty */
+}
+
 int fastws_tls_drained(void *bio) { return ((bio_state *)BIO_get_data(bio))->drained; }
 
 static void fill_error(SSL *ssl, int ret, fastws_tls_error *err)
@@ -434,6 +450,8 @@ ssize_t fastws_tls_unsent(void *bio) { (void)bio; return 0; }
 ssize_t fastws_tls_flush(void *bio) { (void)bio; return 0; }
 int fastws_tls_discard(void *bio) { (void)bio; return 0; }
 int fastws_tls_errno(void *bio) { (void)bio; return 0; }
+int fastws_tls_keep_buffers(void *ssl) { (void)ssl; return 0; }
+void fastws_tls_release_buffers(void *ssl) { (void)ssl; }
 static int unsupported(fastws_tls_error *err)
 {
     memset(err, 0, sizeof(*err));

@@ -51,6 +51,13 @@ ssize_t fastws_tls_flush(void *bio);
 /* Drop held records (the connection is being closed); whether there were any. */
 int fastws_tls_discard(void *bio);
 int fastws_tls_errno(void *bio);
+/* Python's SSLContext sets SSL_MODE_RELEASE_BUFFERS: OpenSSL frees its read and
+ * write buffers whenever they are empty and allocates them again for the next
+ * record (a malloc() and a free() of 64 KiB and of 17 KiB per echoed message).
+ * keep: clear the mode (1 if it was set); release: set it again and free the
+ * buffers now if they are empty. */
+int fastws_tls_keep_buffers(void *ssl);
+void fastws_tls_release_buffers(void *ssl);
 int fastws_tls_handshake(void *ssl, fastws_tls_error *err);
 /* Bytes read (> 0), or -1 with ``err`` filled. */
 ssize_t fastws_tls_read(void *ssl, char *buf, size_t n, fastws_tls_error *err);

@@ -28,6 +28,8 @@ cdef extern from "fastws_tls.h":
     ssize_t fastws_tls_flush(void *bio)
     int fastws_tls_discard(void *bio)
     int fastws_tls_errno(void *bio)
+    int fastws_tls_keep_buffers(void *ssl)
+    void fastws_tls_release_buffers(void *ssl)
     int fastws_tls_handshake(void *ssl, fastws_tls_error *err)
     ssize_t fastws_tls_read(void *ssl, char *buf, size_t n, fastws_tls_error *err)
     ssize_t fastws_tls_write(void *ssl, const char *buf, size_t n, fastws_tls_error *err)
@@ -44,6 +46,7 @@ cdef class TLSTransport(SocketTransport):
     cdef bint _handshaking
     cdef bint _handshake_writer  # the loop's writer is installed for the handshake
     cdef bint _batching  # SSL_write()'s records are collected and sent together (fastws_tls_batch)
+    cdef bint _keeping  # OpenSSL keeps its buffers between records (a busy connection, see _read_ready)
 
     cdef _handshake_step(self)
     cdef _handshake_failed(self, exc)
@@ -56,5 +59,6 @@ cdef class TLSTransport(SocketTransport):
     cdef _write_queue(self)
     cdef _written(self)
     cdef _force_close(self, exc)
+    cdef _went_idle(self)
     cdef _lose(self)
     cdef _enqueue_from(self, item, Py_ssize_t offset)

@@ -11,6 +11,9 @@ from cpython.object cimport PyObject
 
 # The largest record's plaintext: a read stops filling the buffer when less is left.
 DEF MAX_RECORD = 16384
+# A connection that reads this often between two sweeps of _ResetSweep (a second)
+# is busy: OpenSSL keeps its buffers for it until it goes quiet.
+DEF BUSY_READS = 16
 # writelines() copies the leading buffers into one record of at most this size
 # (a frame header alone would be a record, and a send(), of its own).
 DEF FIRST_RECORD = 16384
@@ -120,6 +123,7 @@ cdef class TLSTransport(SocketTransport):
         self._handshaking = True
         self._handshake_writer = False
         self._batching = False
+        self._keeping = False
         self._registered = True  # the handshake reads whatever _reading says
         loop.add_reader(fd, self._read_ready)
         loop.call_soon(self._start)
@@ -202,6 +206,11 @@ cdef class TLSTransport(SocketTransport):
         if not self._reading:
             self._stop_reading()
             return
+        if not self._keeping and self._read_events - self._swept_events >= BUSY_READS:
+            # Busy: no malloc() and free() of OpenSSL's buffers per record any
+            # more; they go when the connection is quiet for a sweep (_went_idle),
+            # so an idle connection still holds no buffer.
+            self._keeping = fastws_tls_keep_buffers(self._ssl)
         while self._reading:
             filled = 0
             while True:
@@ -442,6 +451,11 @@ cdef class TLSTransport(SocketTransport):
     def get_write_buffer_size(self):
         """Bytes queued plus encrypted records the socket has not taken yet."""
         return self._queued + fastws_tls_unsent(self._bio)
+
+    cdef _went_idle(self):
+        if self._keeping:
+            self._keeping = False
+            fastws_tls_release_buffers(self._ssl)
 
     cdef _force_close(self, exc):
         if not self._lost and fastws_tls_discard(self._bio) and not self._queued:

@@ -56,3 +56,4 @@ cdef class SocketTransport:
     cdef _report(self, message, exc)
     cdef _fatal_error(self, exc, message)
     cdef _force_close(self, exc)
+    cdef _went_idle(self)

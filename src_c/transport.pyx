@@ -476,6 +476,9 @@ cdef class SocketTransport:
         self._lost = True
         self._loop.call_soon(self._connection_lost, exc)
 
+    cdef _went_idle(self):
+        """Nothing read for a sweep interval (see _ResetSweep); TLSTransport frees OpenSSL's buffers."""
+
     def _connection_lost(self, exc):
         if self._suspect:
             _ResetSweep.forget(self)
@@ -540,6 +543,8 @@ cdef class _ResetSweep:
             transport._suspect = False
             if transport._reading and not transport._lost:
                 transport._read_ready()
+            if not transport._suspect and not transport._lost:
+                transport._went_idle()
         if self.suspects:
             self.handle = self.loop.call_later(RESET_SWEEP_INTERVAL, self.run)
         else:

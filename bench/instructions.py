@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Instructions per message in the fastws server, this checkout against a baseline build.
+"""Instructions per message in the fastws server, this checkout against a baseline build
+and/or a peer server.
 
     python3 bench/instructions.py --baseline 75e7ed1                 # every rr/stream case
     python3 bench/instructions.py --baseline main~2 --cases rr-1c-256B
     python3 bench/instructions.py --baseline main --cases rr-64c-256B-tls --keep /tmp/cg   # wss://
+    python3 bench/instructions.py --peers picows --cases rr-1c-256B-tls   # against picows
 
 Wall-clock benchmarks (bench/run.py) swing by 2x on a shared machine; the number
 of instructions the server executes per echoed message does not. Each server runs
@@ -16,9 +18,12 @@ echoed in that window (handshakes are not counted, as in bench/run.py). Run
 which this does not see. The ``-tls`` cases run over
 ``wss://`` with a certificate made for the run (the record encryption of the
 client side is in the load generator, not counted). ``--keep DIR`` keeps each
-callgrind dump there for ``callgrind_annotate``.
+callgrind dump there for ``callgrind_annotate``. ``--peers`` counts the peers'
+Python servers the same way (their user-space work only: a peer that makes more
+system calls per message than fastws gains here what it loses in the kernel, so
+read it beside ``strace -c``).
 
-Uses bench/run.py's venv, load generator, cases and ``--baseline`` builds.
+Uses bench/run.py's venv, servers, load generator, cases and ``--baseline`` builds.
 """
 import argparse
 import glob
@@ -32,20 +37,22 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as harness  # noqa: E402  (bench/run.py: venv, loadgen, cases, baseline builds)
 
-SERVER = os.path.join(harness.SERVERS_DIR, "fastws_server.py")
+PEERS = ("picows", "websockets", "aiohttp")  # the Python peers: callgrind runs them as it runs fastws
 
 
-def instructions_per_message(py, loadgen, case, site, duration, cert=None, keep=None):
-    """Ir per message of one fastws server (``site``: a baseline build on PYTHONPATH, or None;
-    ``cert``: (certificate, key) for a TLS case; ``keep``: a path to copy the dump to)."""
-    env = dict(os.environ, FASTWS_EXTENSION="1")
+def instructions_per_message(command, loadgen, case, site, duration, cert=None, keep=None):
+    """Ir per message of one server (``command``: (argv, env) from bench/run.py's
+    server_commands; ``site``: a baseline build on PYTHONPATH, or None; ``cert``:
+    (certificate, key) for a TLS case; ``keep``: a path to copy the dump to)."""
+    argv, extra_env = command
+    env = dict(os.environ, **extra_env)
     if site:
         env["PYTHONPATH"] = site
     tls = ["--certfile", cert[0], "--keyfile", cert[1]] if case.tls else []
     with tempfile.TemporaryDirectory(prefix="fastws-callgrind.") as tmp:
         out = os.path.join(tmp, "callgrind.out")
-        server = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out, py, "-u", SERVER]
-                                  + tls, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        server = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + argv + tls,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         try:
             port = None
             for line in server.stdout:
@@ -91,12 +98,18 @@ def instructions_per_message(py, loadgen, case, site, duration, cert=None, keep=
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", required=True, metavar="REV", help="git revision to compare with")
+    ap.add_argument("--baseline", metavar="REV", help="git revision to compare with")
+    ap.add_argument("--peers", help="comma separated peer servers to compare with: " + ",".join(PEERS))
     ap.add_argument("--cases", help="comma separated case names (bench/run.py --list); default: every rr and stream case")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per server (under valgrind)")
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps in DIR (callgrind_annotate)")
     ap.add_argument("--upgrade", action="store_true", help=argparse.SUPPRESS)  # setup_venv reads it
     args = ap.parse_args()
+    peers = args.peers.split(",") if args.peers else []
+    if not args.baseline and not peers:
+        ap.error("give --baseline REV, --peers NAMES or both")
+    if any(p not in PEERS for p in peers):
+        ap.error("--peers: choose among " + ",".join(PEERS))
     if not shutil.which("valgrind"):
         sys.exit("needs valgrind (apt-get install valgrind)")
     cases = [c for c in harness.full_cases() if c.mode in ("rr", "stream")]
@@ -112,9 +125,17 @@ def main():
     if any(c.tls for c in cases) and not loadgen_tls:
         sys.exit("the -tls cases need the load generator built with OpenSSL (libssl-dev)")
     py = harness.setup_venv(args)
-    short, site = harness.install_baseline(py, args.baseline)
-    print("| case | fastws@%s Ir/msg | fastws (%s) Ir/msg | ratio |" % (short, harness.git_commit()))
-    print("|---|---:|---:|---:|")
+    commands = harness.server_commands(py, None)
+    # (column name, server command, PYTHONPATH): fastws as built from this checkout last
+    others = []
+    if args.baseline:
+        short, site = harness.install_baseline(py, args.baseline)
+        others.append(("fastws@" + short, commands["fastws"], site))
+    others += [(p, commands[p], None) for p in peers]
+    this = "fastws (%s)" % harness.git_commit()
+    print("| case | %s | %s Ir/msg | %s |" % (" | ".join(o[0] + " Ir/msg" for o in others), this,
+                                           " | ".join("÷ " + o[0] for o in others)))
+    print("|---|" + "---:|" * (2 * len(others) + 1))
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     certdir = tempfile.mkdtemp(prefix="fastws-instructions.")
@@ -122,13 +143,16 @@ def main():
         cert = harness.make_certificate(certdir) if any(c.tls for c in cases) else None
         if any(c.tls for c in cases) and cert is None:
             sys.exit("the -tls cases need the openssl command")
+        def keep(who):
+            return os.path.join(args.keep, "%s-%s.callgrind" % (case.name, who)) if args.keep else None
+
         for case in cases:
-            keep = [os.path.join(args.keep, "%s-%s.callgrind" % (case.name, who)) if args.keep else None
-                    for who in ("baseline", "this")]
-            before = instructions_per_message(py, loadgen, case, site, args.duration, cert, keep[0])
-            after = instructions_per_message(py, loadgen, case, None, args.duration, cert, keep[1])
-            print("| %s | %s | %s | %.3f |" % (case.name, harness.fmt(before), harness.fmt(after), after / before),
-                  flush=True)
+            theirs = [instructions_per_message(command, loadgen, case, site, args.duration, cert,
+                                               keep("baseline" if site else name))
+                      for name, command, site in others]
+            ours = instructions_per_message(commands["fastws"], loadgen, case, None, args.duration, cert, keep("this"))
+            print("| %s | %s | %s | %s |" % (case.name, " | ".join(harness.fmt(t) for t in theirs), harness.fmt(ours),
+                                             " | ".join("%.3f" % (ours / t) for t in theirs)), flush=True)
     finally:
         shutil.rmtree(certdir, ignore_errors=True)
     return 0

@@ -7,10 +7,12 @@ peer that drops mid-record) costs one INFO line, no traceback, no descriptor."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import socket
 import ssl
+import threading
 from typing import Any
 
 import pytest
@@ -332,6 +334,58 @@ def test_flow_control_over_tls(run: Any, ca: trustme.CA) -> None:
 
     run(main())
     assert paused, "32 x 256 KiB into a 64 KiB write limit must pause the writer"
+
+
+_speedups = importlib.import_module("fastws._speedups")  # the test command always builds it
+
+
+@pytest.mark.skipif(not _speedups.TLS_AVAILABLE, reason="the extension was built without OpenSSL (FASTWS_OPENSSL=0)")
+def test_writes_behind_records_the_socket_did_not_take(run: Any, ca: trustme.CA) -> None:
+    """TLSTransport sends the records of a large write together and holds those the socket
+    does not take; a writelines() behind them is queued whole and every byte arrives once, in
+    order (a bytes buffer queued from an offset behind other items once lost the offset)."""
+    server_context, client_context = server_context_for(ca), client_context_for(ca)
+    first = os.urandom(200 * 1024)  # records into one batch; a 16 KiB socket buffer keeps most
+    second = os.urandom(100 * 1024)
+    expected = first + b"<" + second + b">" + b"tail"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        ours.setblocking(False)
+        handshake: asyncio.Future[BaseException | None] = loop.create_future()
+        sslobject = server_context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+        transport = _speedups.TLSTransport(loop, ours.detach(), {}, sslobject, server_context, handshake.set_result)
+        transport.set_protocol(asyncio.Protocol())
+        start_reading = threading.Event()
+
+        def peer() -> bytes:
+            with client_context.wrap_socket(theirs, server_hostname="localhost") as tls:
+                tls.settimeout(IO_TIMEOUT)
+                start_reading.wait(IO_TIMEOUT)
+                received = bytearray()
+                while len(received) < len(expected):
+                    chunk = tls.recv(65536)
+                    assert chunk, "the transport closed early"
+                    received += chunk
+                return bytes(received)
+
+        reader = loop.run_in_executor(None, peer)
+        try:
+            assert await asyncio.wait_for(handshake, IO_TIMEOUT) is None
+            transport.write(first)
+            assert transport.get_write_buffer_size() > 0  # records held back: the peer is not reading
+            transport.writelines([b"<", second, b">"])
+            transport.write(b"tail")
+        finally:
+            start_reading.set()
+        assert await asyncio.wait_for(reader, IO_TIMEOUT) == expected
+        await until(lambda: transport.get_write_buffer_size() == 0, what="the queue drained")
+        transport.abort()
+
+    run(main())
 
 
 def test_close_and_abort_over_tls(run: Any, ca: trustme.CA) -> None:

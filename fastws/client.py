@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl as ssl_module
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
@@ -29,7 +30,7 @@ from .defaults import (
 from .exceptions import InvalidHandshake, InvalidResponse, InvalidURI, OpenTimeout, ProxyError, ProxyTimeout
 from .extensions.permessage_deflate import CompressionOption, deflate_settings
 from .protocol import ACCEPTED, REFUSED, ClientOpening
-from .proxy import open_tunnel, proxy_for, run_over_tunnel
+from .proxy import Tunnel, open_tunnel, proxy_for, run_over_tunnel
 from .websocket import WebSocket
 
 __all__ = ["create_connection", "connect", "parse_uri", "WebSocketURI"]
@@ -184,14 +185,16 @@ async def create_connection(
 
     async def open_connection() -> asyncio.Transport:
         nonlocal tunnel_open
-        if route is None:
-            transport = await open_own_tls() if ssl else None
-            if transport is None:
-                transport, _ = await loop.create_connection(handshake, **kwargs)
-        else:  # TLS to the server through a tunnel runs on the loop's transport
+        tunnel = None
+        if route is not None:
             tunnel = await open_tunnel(route, target.host, target.port, proxy_ssl=proxy_ssl, user_agent=user_agent)
             tunnel_open = True
-            transport = await run_over_tunnel(tunnel, handshake, ssl=kwargs["ssl"], server_hostname=kwargs.get("server_hostname"))
+        transport = await open_own_tls(tunnel) if ssl else None
+        if transport is None:
+            if tunnel is None:
+                transport, _ = await loop.create_connection(handshake, **kwargs)
+            else:
+                transport = await run_over_tunnel(tunnel, handshake, ssl=kwargs["ssl"], server_hostname=kwargs.get("server_hostname"))
         try:
             await done
         except BaseException:
@@ -199,14 +202,29 @@ async def create_connection(
             raise
         return transport
 
-    async def open_own_tls() -> asyncio.Transport | None:
-        """TCP, then TLS on fastws's own transport; None (nothing opened) where that is not available."""
-        if not own_tls_available():
+    async def open_own_tls(tunnel: Tunnel | None) -> asyncio.Transport | None:
+        """TLS on fastws's own transport, over a new TCP connection or a proxy's tunnel.
+
+        None (nothing opened or used) where that is not available, and for a
+        tunnel inside TLS to an https:// proxy: TLS in TLS stays on the loop.
+        """
+        if not own_tls_available() or (isinstance(tunnel, asyncio.BaseTransport) and tunnel.get_extra_info("sslcontext")):
             return None
         assert isinstance(ssl, ssl_module.SSLContext)
-        plain = {key: value for key, value in kwargs.items() if key not in ("ssl", "server_hostname")}
         protocol = _HandshakeProtocol(opening, done, tls_first=True)
-        raw, _ = await loop.create_connection(lambda: protocol, **plain)
+        if tunnel is None:
+            plain = {key: value for key, value in kwargs.items() if key not in ("ssl", "server_hostname")}
+            raw, _ = await loop.create_connection(lambda: protocol, **plain)
+        elif isinstance(tunnel, socket.socket):  # SOCKS
+            try:
+                raw, _ = await loop.create_connection(lambda: protocol, sock=tunnel)
+            except BaseException:
+                tunnel.close()
+                raise
+        else:  # HTTP CONNECT: the proxy's TCP connection, reading paused since its answer
+            raw = tunnel
+            raw.set_protocol(protocol)
+            protocol.connection_made(raw)
         handshake: asyncio.Future[None] = loop.create_future()
 
         def on_handshake(exc: BaseException | None) -> None:

@@ -377,6 +377,8 @@ def start_own_tls(
     """
     if not _accel.TLS_AVAILABLE or _accel.TLSTransport is None or _accel.tls_attachable is None:
         return None
+    if transport.get_extra_info("sslcontext") is not None:
+        return None  # already TLS (to a proxy): its socket carries that session's records
     sock = transport.get_extra_info("socket")
     if sock is None or sock.type != socket.SOCK_STREAM or transport.get_write_buffer_size():
         return None

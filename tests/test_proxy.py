@@ -184,6 +184,9 @@ def test_wss_through_a_proxy(
             uri = f"wss://localhost:{port_of(server)}/"
             ws = await echo_once(uri, proxy=url(proxies, which), ssl=client_context)
             assert ws.conn.transport.get_extra_info("ssl_object") is not None
+            # A plain tunnel is a TCP stream: TLS to the server runs on fastws's own transport.
+            assert (type(ws.conn.transport).__name__ == "TLSTransport") == _accel.TLS_AVAILABLE
+            assert ws.conn.transport.get_extra_info("ssl_object").server_hostname == "localhost"
             # The certificate is checked against the server's name, not the proxy's.
             with pytest.raises(ssl.SSLCertVerificationError):
                 await fastws.connect(uri, proxy=url(proxies, which), ssl=client_context, server_hostname="elsewhere.test", open_timeout=T)
@@ -200,8 +203,12 @@ def test_https_proxy(
             target = f"127.0.0.1:{port_of(server)}"
             proxy = f"https://localhost:{tls_proxy.ports[0]}"
             tls = {"ssl": client_context} if secure else {}
-            await echo_once(f"{'wss' if secure else 'ws'}://{target}/", proxy=proxy, proxy_ssl=client_context, **tls)
+            ws = await echo_once(f"{'wss' if secure else 'ws'}://{target}/", proxy=proxy, proxy_ssl=client_context, **tls)
             assert tunnels_to(tls_proxy, target) == 1
+            # Inside TLS to the proxy, the connection stays on the loop's transport (TLS in TLS for wss://).
+            assert type(ws.conn.transport).__name__ not in ("TLSTransport", "SocketTransport")
+            if secure:
+                assert ws.conn.transport.get_extra_info("ssl_object").server_hostname == "127.0.0.1"
             with pytest.raises(ssl.SSLCertVerificationError):  # the proxy's certificate is checked too
                 await fastws.connect(f"ws://{target}/", proxy=proxy, open_timeout=T)
 

@@ -308,6 +308,41 @@ def test_a_replica_takes_over_from_a_failed_primary(run: Any, redis_cluster: Red
     run(main(), timeout=60)
 
 
+def test_server_starts_while_the_whole_cluster_is_down(run: Any) -> None:
+    """No node answers at start: an outage, local delivery, the publish counted lost; then the
+    nodes start (without slots until the cluster is created) and the subscription lands on
+    the shard that owns it."""
+    down = RedisCluster()  # free ports, nothing started on them yet
+
+    async def main() -> None:
+        async with chat_server(broker_for(down)) as server:
+            broker = broker_of(server, RedisClusterBroker)
+            assert broker.connected is False and server.pubsub.stats["outages"] == 1
+            ws = await fastws.connect(uri_of(server, "/solo"))
+            await ws.send("local only")
+            assert await wait(ws.recv()) == "local only"
+            assert server.pubsub.stats["lost"] == 1
+            await asyncio.to_thread(down.start)
+            await wait(broker.wait_synced())
+            assert await shard_subscribers(down, down.owner_index("solo")) == [1]
+            await ws.send("through the cluster")
+            assert await wait(ws.recv()) == "through the cluster"
+            stats = await wait_all_sent_or_lost(server)
+            assert stats["sent"] == 1 and stats["lost"] == 1 and stats["outages"] == 1, stats
+            owner = redis.asyncio.Redis(port=down.ports[down.owner_index("solo")])
+            try:  # the subscription is live on its shard: another publisher reaches the client
+                await owner.execute_command("SPUBLISH", "fastws:solo", "from another publisher")
+            finally:
+                await owner.aclose()
+            assert await wait(ws.recv()) == "from another publisher"
+            await ws.close()
+
+    try:
+        run(main(), timeout=60)
+    finally:
+        down.cleanup()
+
+
 def test_cluster_broker_urls() -> None:
     broker = fastws.pubsub.make_broker("redis-cluster://127.0.0.1:7000,[::1]:7001,localhost")
     assert isinstance(broker, RedisClusterBroker)

@@ -194,6 +194,21 @@ async def one_topic_exactly_once(one: fastws.Server, two: fastws.Server, room: s
     await b.close()
 
 
+async def starts_while_down(server: fastws.Server, start_broker: Callable[[], None]) -> fastws.WebSocket:
+    """``server`` started while its broker was down: one outage counted, a client of room
+    ``solo`` still hears itself, that publish is counted lost; then ``start_broker()`` (in a
+    thread: it waits for the broker's processes) and the broker syncs. Returns the client."""
+    broker = broker_of(server)
+    assert broker.connected is False and server.pubsub.stats["outages"] == 1
+    ws = await fastws.connect(uri_of(server, "/solo"))
+    await ws.send("local only")
+    assert await wait(ws.recv()) == "local only"
+    assert server.pubsub.stats["lost"] == 1
+    await asyncio.to_thread(start_broker)
+    await wait(broker.wait_synced())
+    return ws
+
+
 async def survives_an_outage(
     one: fastws.Server,
     two: fastws.Server,

@@ -24,6 +24,7 @@ from _brokerutil import (
     other_publishers_reach,
     running,
     start_cli,
+    starts_while_down,
     stop_cli,
     survives_an_outage,
     wait,
@@ -156,14 +157,7 @@ def test_server_starts_while_nats_is_down(run: Any) -> None:
 
     async def main() -> None:
         async with chat_server(NatsBroker(down.url, reconnect_min=0.02, reconnect_max=0.1)) as server:
-            broker = broker_of(server, NatsBroker)
-            assert broker.connected is False and server.pubsub.stats["outages"] == 1
-            ws = await fastws.connect(uri_of(server, "/solo"))
-            await ws.send("local only")
-            assert await wait(ws.recv()) == "local only"
-            assert server.pubsub.stats["lost"] == 1
-            down.start()
-            await wait(broker.wait_synced())
+            ws = await starts_while_down(server, down.start)
             assert await down.subscriptions("fastws.solo") == 1
             await ws.close()
 

@@ -15,7 +15,19 @@ import pytest
 
 import fastws
 import fastws.apps
-from _brokerutil import broker_of, chat_server, exchange, free_port, other_publishers_reach, running, start_cli, stop_cli, survives_an_outage, wait
+from _brokerutil import (
+    broker_of,
+    chat_server,
+    exchange,
+    free_port,
+    other_publishers_reach,
+    running,
+    start_cli,
+    starts_while_down,
+    stop_cli,
+    survives_an_outage,
+    wait,
+)
 from _wsutil import IO_TIMEOUT, scaled, until, uri_of
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'fastws[redis]')")
@@ -169,14 +181,7 @@ def test_server_starts_while_redis_is_down(run: Any) -> None:
 
     async def main() -> None:
         async with chat_server(RedisBroker(down.url, reconnect_min=0.02, reconnect_max=0.1)) as server:
-            broker = broker_of(server, RedisBroker)
-            assert broker.connected is False and server.pubsub.stats["outages"] == 1
-            ws = await fastws.connect(uri_of(server, "/solo"))
-            await ws.send("local only")
-            assert await wait(ws.recv()) == "local only"
-            assert server.pubsub.stats["lost"] == 1
-            down.start()
-            await wait(broker.wait_synced())
+            ws = await starts_while_down(server, down.start)
             assert await numsub(down, "solo") == 1
             await ws.close()
 

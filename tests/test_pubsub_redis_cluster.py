@@ -25,6 +25,7 @@ from _brokerutil import (
     remove_dir,
     running,
     start_cli,
+    starts_while_down,
     stop_cli,
     survives_an_outage,
     temp_dir,
@@ -316,14 +317,7 @@ def test_server_starts_while_the_whole_cluster_is_down(run: Any) -> None:
 
     async def main() -> None:
         async with chat_server(broker_for(down)) as server:
-            broker = broker_of(server, RedisClusterBroker)
-            assert broker.connected is False and server.pubsub.stats["outages"] == 1
-            ws = await fastws.connect(uri_of(server, "/solo"))
-            await ws.send("local only")
-            assert await wait(ws.recv()) == "local only"
-            assert server.pubsub.stats["lost"] == 1
-            await asyncio.to_thread(down.start)
-            await wait(broker.wait_synced())
+            ws = await starts_while_down(server, down.start)
             assert await shard_subscribers(down, down.owner_index("solo")) == [1]
             await ws.send("through the cluster")
             assert await wait(ws.recv()) == "through the cluster"

@@ -39,7 +39,8 @@ from fastws.extensions.permessage_deflate import (
     parse_extensions,
     server_extension_factory,
 )
-from fastws.handshake import ClientHandshake, HeadReader, ServerHandshake, accept_key, http_response
+from fastws.handshake import ClientHandshake, ServerHandshake, accept_key
+from fastws.protocol import ACCEPTED, READING, REFUSED, ServerOpening
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for _twins
 from _twins import feed_buffered, recorder  # noqa: E402
@@ -287,20 +288,26 @@ def _feed(reader: Callable[[bytes], Any], chunks: list[bytes]) -> Any:
 
 
 def check_server_handshake(variant: int, chunks: list[bytes]) -> None:
-    handshake = _server_handshake(variant)
-    reader = HeadReader(InvalidRequest)
-    try:
-        head = _feed(reader.feed, chunks)
-        if head is None:
-            return
-        start_line, headers, rest = head
-        request = handshake.parse(start_line, headers)
-        answer, subprotocol, extension = handshake.accept(request)
-    except InvalidRequest as exc:
-        # What the server sends back must be serialisable (fastws does exactly this).
-        response = http_response(exc.status, f"{exc}\n", exc.headers)
-        _require(response.startswith(f"HTTP/1.1 {int(exc.status)} ".encode()), "bad error response")
+    """The opening as a server runs it (``ServerOpening``): refused with an answer carrying
+    the error's status, or accepted with a 101 that a fastws client takes."""
+    opening = ServerOpening(_server_handshake(variant))
+    state = READING
+    for chunk in chunks:
+        state = opening.receive_data(chunk)
+        if state != READING:
+            break
+    if state == READING:
         return
+    if state == REFUSED:
+        error = opening.error
+        if not isinstance(error, InvalidRequest):
+            raise Violation(f"refused without an InvalidRequest: {error!r}")
+        _require(opening.answer.startswith(f"HTTP/1.1 {int(error.status)} ".encode()), "bad error response")
+        return
+    if state != ACCEPTED or opening.request is None:
+        raise Violation(f"state {state} after a complete head")
+    answer, subprotocol, extension, rest = opening.answer, opening.subprotocol, opening.extension, opening.rest
+    headers = opening.request.headers
     # Accepted: the answer must satisfy a fastws client that sent this key and these offers.
     _require(answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and answer.endswith(b"\r\n\r\n"), "bad 101 answer")
     offered = [t.strip() for v in headers.get_all("Sec-WebSocket-Protocol") for t in v.split(",") if t.strip()]

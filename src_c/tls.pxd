@@ -47,6 +47,7 @@ cdef class TLSTransport(SocketTransport):
     cdef bint _handshake_writer  # the loop's writer is installed for the handshake
     cdef bint _batching  # SSL_write()'s records are collected and sent together (fastws_tls_batch)
     cdef bint _keeping  # OpenSSL keeps its buffers between records (a busy connection, see _read_ready)
+    cdef bint _notified  # close_notify is written (sent, or held by the BIO until the socket takes it)
 
     cdef _handshake_step(self)
     cdef _handshake_failed(self, exc)

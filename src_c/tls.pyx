@@ -124,6 +124,7 @@ cdef class TLSTransport(SocketTransport):
         self._handshake_writer = False
         self._batching = False
         self._keeping = False
+        self._notified = False
         self._registered = True  # the handshake reads whatever _reading says
         loop.add_reader(fd, self._read_ready)
         loop.call_soon(self._start)
@@ -463,7 +464,25 @@ cdef class TLSTransport(SocketTransport):
         SocketTransport._force_close(self, exc)
 
     cdef _lose(self):
-        fastws_tls_shutdown(self._ssl)
+        """Everything sent: close_notify, then SocketTransport's end.
+
+        The alert goes out in a batch, so that when the socket is full (the
+        peer still reading the last data) the BIO holds it and the writer sends
+        it when the socket takes more, coming back here through ``_written``.
+        Sent straight, it would be refused and the descriptor closed without
+        it: a peer would see the connection truncated.
+        """
+        if not self._notified:
+            self._notified = True
+            if not self._begin_batch():
+                fastws_tls_shutdown(self._ssl)
+            else:
+                try:
+                    fastws_tls_shutdown(self._ssl)
+                finally:
+                    self._end_batch()
+                if self._lost or fastws_tls_unsent(self._bio):
+                    return  # failed (closed), or the alert waits for the writer
         SocketTransport._lose(self)
 
     def abort(self):

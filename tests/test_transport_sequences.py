@@ -6,8 +6,9 @@ but the socket did not take. A wrong offset or a lost copy shows only after a
 particular mix of partial sends, so hypothesis makes the mixes: write() and
 writelines() of bytes, bytearray and memoryview around the 16 KiB record size, with a
 peer on small socket buffers that reads some, all or none in between. Whatever the
-order, the peer gets every byte once and in order, the transport's byte count never
-goes negative and ends at 0, and pause_writing/resume_writing alternate.
+order, the peer gets every byte once and in order (and after close(), all of them before
+the end, a TLS close_notify included), the transport's byte count never goes negative and
+ends at 0, and pause_writing/resume_writing alternate.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 import trustme
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from _wsutil import IO_TIMEOUT, until
 
@@ -87,6 +88,11 @@ class PlainPeer:
             assert data, "the transport closed early"
             self.take(data)
 
+    async def read_to_eof(self) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(self.sock, 1 << 20):
+            self.take(data)
+
 
 class TLSPeer(PlainPeer):
     """A TLS client on memory BIOs over the non-blocking socket: reads what has arrived, decrypts what is whole."""
@@ -95,6 +101,7 @@ class TLSPeer(PlainPeer):
         super().__init__(sock)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.close_notify = False
 
     async def handshake(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,11 +122,13 @@ class TLSPeer(PlainPeer):
         try:
             while chunk := self.tls.read(1 << 20):
                 self.received += chunk
+            self.close_notify = True  # read() answers b"" only after the peer's close_notify
         except ssl.SSLWantReadError:
             pass
 
 
-async def play(transport: Any, peer: PlainPeer, protocol: Recorder, ops: list[tuple[str, list[Any]]]) -> None:
+async def play(transport: Any, peer: PlainPeer, protocol: Recorder, ops: list[tuple[str, list[Any]]], close: bool) -> None:
+    """``ops``, then (``close``) close() at once, or wait for the queue to drain and abort()."""
     expected = bytearray()
     for op, arg in ops:
         if op in ("write", "writelines"):
@@ -140,16 +149,23 @@ async def play(transport: Any, peer: PlainPeer, protocol: Recorder, ops: list[tu
         else:
             await asyncio.sleep(0)
         assert transport.get_write_buffer_size() >= 0
-    await asyncio.wait_for(peer.read_until(len(expected)), IO_TIMEOUT)
+    if close:  # what is queued (and TLS records held back) goes first, then the end
+        transport.close()
+        await asyncio.wait_for(peer.read_to_eof(), IO_TIMEOUT)
+        assert len(peer.received) == len(expected) and peer.received == expected, (len(peer.received), len(expected))
+        assert not isinstance(peer, TLSPeer) or peer.close_notify, "TLS ended without close_notify"
+    else:
+        await asyncio.wait_for(peer.read_until(len(expected)), IO_TIMEOUT)
     assert len(peer.received) == len(expected) and peer.received == expected
     await until(lambda: transport.get_write_buffer_size() == 0, what="the queue drained")
-    assert protocol.events == ["pause", "resume"] * (len(protocol.events) // 2), protocol.events
+    pairs, odd = divmod(len(protocol.events), 2)  # a close() may end it paused
+    assert protocol.events == ["pause", "resume"] * pairs + ["pause"] * odd, protocol.events
     transport.abort()
 
 
 @SETTINGS
-@given(ops=OPS)
-def test_socket_transport_delivers_every_byte_in_order(run: Any, ops: list[tuple[str, list[Any]]]) -> None:
+@given(ops=OPS, close=st.booleans())
+def test_socket_transport_delivers_every_byte_in_order(run: Any, ops: list[tuple[str, list[Any]]], close: bool) -> None:
     async def main() -> None:
         ours, theirs = small_socket_pair()
         protocol = Recorder()
@@ -157,7 +173,7 @@ def test_socket_transport_delivers_every_byte_in_order(run: Any, ops: list[tuple
         transport.set_protocol(protocol)
         transport.set_write_buffer_limits(high=64 * 1024)
         try:
-            await play(transport, PlainPeer(theirs), protocol, ops)
+            await play(transport, PlainPeer(theirs), protocol, ops, close)
         finally:
             theirs.close()
 
@@ -166,8 +182,11 @@ def test_socket_transport_delivers_every_byte_in_order(run: Any, ops: list[tuple
 
 @pytest.mark.skipif(not _speedups.TLS_AVAILABLE, reason="the extension was built without OpenSSL (FASTWS_OPENSSL=0)")
 @SETTINGS
-@given(ops=OPS)
-def test_tls_transport_delivers_every_byte_in_order(run: Any, ca: trustme.CA, ops: list[tuple[str, list[Any]]]) -> None:
+@given(ops=OPS, close=st.booleans())
+# Found by this test: close() behind a backlog sent close_notify into a full socket, lost it
+# and closed the descriptor (the peer saw a truncated connection).
+@example(ops=[("write", [(16383, "bytes")])] * 3 + [("write", [(40000, "bytes")])] * 2, close=True)
+def test_tls_transport_delivers_every_byte_in_order(run: Any, ca: trustme.CA, ops: list[tuple[str, list[Any]]], close: bool) -> None:
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_context)
     client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -186,7 +205,7 @@ def test_tls_transport_delivers_every_byte_in_order(run: Any, ca: trustme.CA, op
         try:
             await asyncio.wait_for(peer.handshake(), IO_TIMEOUT)
             assert await asyncio.wait_for(handshake, IO_TIMEOUT) is None
-            await play(transport, peer, protocol, ops)
+            await play(transport, peer, protocol, ops, close)
         finally:
             theirs.close()
 

@@ -101,14 +101,14 @@ class NatsBroker(QueuedBroker):
             self._subscriptions = {}
             wanted = set(self.hub.topics)
             await self._subscribe(nc, sorted(wanted))
-            await nc.flush(timeout=self.connect_timeout)  # the server has the subscriptions
+            await self._confirm(nc)
             self._subscribed = wanted
             self._nc = nc
             self._set_up()
 
             async def subscribe(topics: list[str]) -> None:
                 await self._subscribe(nc, topics)
-                await nc.flush(timeout=self.connect_timeout)
+                await self._confirm(nc)
 
             async def unsubscribe(topics: list[str]) -> None:
                 for topic in topics:
@@ -123,6 +123,19 @@ class NatsBroker(QueuedBroker):
             reader.cancel()
             await asyncio.wait([reader], timeout=1.0)
             await quietly(nc.close())
+
+    async def _confirm(self, nc: Any) -> None:
+        """Until the server has the subscriptions just sent, so that "synced" means deliverable.
+
+        nats-py's ``flush()`` writes its PING straight to the socket while the
+        SUB commands before it wait in its buffer for its flusher task: the
+        first PONG can come back before the server has read them, and a message
+        published meanwhile by another process is not delivered here (seen
+        under load). The flusher runs before that PONG is read, so the second
+        PING goes out behind the SUBs.
+        """
+        await nc.flush(timeout=self.connect_timeout)
+        await nc.flush(timeout=self.connect_timeout)
 
     async def _subscribe(self, nc: Any, topics: list[str]) -> None:
         for topic in topics:

@@ -32,7 +32,8 @@ class NatsBroker(QueuedBroker):
     topic with local subscribers. It connects with ``no_echo``, so the server
     does not send a process its own publishes back (they were delivered
     locally). A batch of publishes is followed by a flush (PING/PONG): what the
-    server did not acknowledge is counted lost. nats-py's own reconnection is
+    server did not acknowledge is counted lost (nats-py may write the PING ahead
+    of the batch's last publishes: see ``_confirm``). nats-py's own reconnection is
     off: when the connection drops, the outage is counted here, the publishes
     meanwhile are lost (not buffered and sent late), and the broker reconnects
     with backoff to the URL's servers in turn and subscribes again.
